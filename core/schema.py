@@ -1,0 +1,238 @@
+"""The wire contract: every message tickmesh puts on NATS, defined once.
+
+Market data travels as columnar batches for one (venue, kind, symbol). Each column is a
+little-endian NumPy buffer in a msgpack ``bin`` field, so decoding a batch to arrays is one
+``np.frombuffer`` per column and never loops per event in Python. Bars travel one per message so
+their Nats-Msg-Id can be the bar's identity. Fields are only ever appended, always with a default;
+the schema version travels in the ``Tm-Schema`` header.
+
+Example:
+    >>> batch = TradeBatch.from_columns("kraken", "BTC-USD", ts_ns=[1], recv_ns=[2], px=[3.0],
+    ...                                 qty=[0.5], side=[1], trade_id=[7])
+    >>> CODEC.decode(CODEC.encode(batch)).columns()["px"]
+    array([3.])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, ClassVar, Union
+
+import msgspec
+import numpy as np
+
+from core.errors import SchemaError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "HDR_SCHEMA",
+    "HDR_REASON",
+    "HDR_MSG_ID",
+    "HDR_TRACEPARENT",
+    "TIMEFRAME_NS",
+    "BUY",
+    "SELL",
+    "UNKNOWN_SIDE",
+    "TradeBatch",
+    "QuoteBatch",
+    "Bar",
+    "DeadLetter",
+    "Envelope",
+    "Codec",
+    "CODEC",
+    "batch_msg_id",
+    "bar_msg_id",
+    "json_schema",
+]
+
+SCHEMA_VERSION = 1
+HDR_SCHEMA = "Tm-Schema"
+HDR_REASON = "Tm-Reason"
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_TRACEPARENT = "traceparent"
+
+# Bar timeframes, shortest first. Tokens are used verbatim in `bar.<tf>.*` subjects.
+TIMEFRAME_NS: dict[str, int] = {
+    "1s": 1_000_000_000,
+    "5s": 5_000_000_000,
+    "1m": 60_000_000_000,
+    "5m": 300_000_000_000,
+    "1h": 3_600_000_000_000,
+}
+
+# Aggressor side codes in the `side` column.
+BUY = 1
+SELL = -1
+UNKNOWN_SIDE = 0
+
+I64 = Annotated[bytes, msgspec.Meta(description="int64 little-endian column")]
+F64 = Annotated[bytes, msgspec.Meta(description="float64 little-endian column")]
+I8 = Annotated[bytes, msgspec.Meta(description="int8 column")]
+
+
+class _Columnar(msgspec.Struct, array_like=True, frozen=True, tag=True):
+    """A batch of events for one (venue, symbol) stored column by column."""
+
+    venue: str
+    symbol: str
+
+    DTYPES: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_columns(cls, venue: str, symbol: str, **columns):
+        """Builds a batch from array-likes, one per column in ``DTYPES``.
+
+        Raises:
+            SchemaError: a column is missing or the columns differ in length.
+        """
+        missing = cls.DTYPES.keys() - columns.keys()
+        if missing:
+            raise SchemaError(f"{cls.__name__}: missing columns {sorted(missing)}")
+        arrays = {name: np.ascontiguousarray(columns[name], dtype=dt) for name, dt in cls.DTYPES.items()}
+        lengths = {a.shape[0] for a in arrays.values()}
+        if len(lengths) != 1:
+            raise SchemaError(f"{cls.__name__}: ragged columns {({k: len(v) for k, v in arrays.items()})}")
+        return cls(venue, symbol, **{name: a.tobytes() for name, a in arrays.items()})
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Returns read-only NumPy views of every column.
+
+        Raises:
+            SchemaError: a column's byte length does not fit its dtype or the others.
+        """
+        out = {}
+        n = None
+        for name, dt in self.DTYPES.items():
+            raw = getattr(self, name)
+            itemsize = np.dtype(dt).itemsize
+            if len(raw) % itemsize:
+                raise SchemaError(f"{type(self).__name__}.{name}: {len(raw)} bytes is not a multiple of {itemsize}")
+            col = np.frombuffer(raw, dtype=dt)
+            if n is None:
+                n = col.shape[0]
+            elif col.shape[0] != n:
+                raise SchemaError(f"{type(self).__name__}: column {name} has {col.shape[0]} rows, expected {n}")
+            out[name] = col
+        return out
+
+    def __len__(self) -> int:
+        first = next(iter(self.DTYPES))
+        return len(getattr(self, first)) // np.dtype(self.DTYPES[first]).itemsize
+
+
+class TradeBatch(_Columnar, tag="trade"):
+    """Trades of one symbol on one venue, in arrival order.
+
+    ``side`` is the aggressor (1 buy, -1 sell, 0 unknown). ``trade_id`` is the venue's id, or a
+    deterministic id derived from the trade's fields where the venue sends none.
+    """
+
+    ts_ns: I64 = b""
+    recv_ns: I64 = b""
+    px: F64 = b""
+    qty: F64 = b""
+    side: I8 = b""
+    trade_id: I64 = b""
+
+    DTYPES: ClassVar[dict[str, str]] = {
+        "ts_ns": "<i8", "recv_ns": "<i8", "px": "<f8", "qty": "<f8", "side": "i1", "trade_id": "<i8",
+    }
+
+
+class QuoteBatch(_Columnar, tag="quote"):
+    """Top-of-book quotes of one symbol on one venue, in arrival order."""
+
+    ts_ns: I64 = b""
+    recv_ns: I64 = b""
+    bid_px: F64 = b""
+    bid_qty: F64 = b""
+    ask_px: F64 = b""
+    ask_qty: F64 = b""
+
+    DTYPES: ClassVar[dict[str, str]] = {
+        "ts_ns": "<i8", "recv_ns": "<i8", "bid_px": "<f8", "bid_qty": "<f8", "ask_px": "<f8", "ask_qty": "<f8",
+    }
+
+
+class Bar(msgspec.Struct, array_like=True, frozen=True, tag="bar"):
+    """One closed OHLCV bar on event time: trades with ``start_ns <= ts_ns < start_ns + tf``."""
+
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float
+    n_trades: int
+    buy_volume: float
+    sell_volume: float
+    # Receive time of the newest trade in the bar: lets consumers measure edge-to-bar latency.
+    last_recv_ns: int = 0
+
+
+class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
+    """An input that a stage could not use, kept with the reason so nothing is silently dropped."""
+
+    stage: str
+    venue: str
+    reason: str
+    raw: bytes = b""
+    recv_ns: int = 0
+    symbol: str = ""
+    detail: str = ""
+
+
+Envelope = Union[TradeBatch, QuoteBatch, Bar, DeadLetter]
+
+
+class Codec:
+    """msgpack encoder and typed decoder for every wire type, built once per component."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(Envelope)
+
+    def encode(self, msg: Envelope) -> bytes:
+        return self._encoder.encode(msg)
+
+    def decode(self, data: bytes) -> Envelope:
+        """Decodes any wire message.
+
+        Raises:
+            SchemaError: the bytes are not a valid tickmesh message.
+        """
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SchemaError(f"undecodable message: {exc}") from None
+
+
+CODEC = Codec()
+
+
+def batch_msg_id(kind: str, batch: TradeBatch | QuoteBatch) -> str:
+    """Deterministic Nats-Msg-Id of a batch: a digest of its content, receive times excluded.
+
+    The same batch republished after a crash, or collected by a second region, gets the same id
+    and is stored once by JetStream's duplicate window.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{batch.venue}\x00{kind}\x00{batch.symbol}".encode())
+    for name in batch.DTYPES:
+        if name != "recv_ns":
+            h.update(getattr(batch, name))
+    return f"{batch.venue}.{kind}.{batch.symbol}.{h.hexdigest()}"
+
+
+def bar_msg_id(bar: Bar) -> str:
+    """Deterministic Nats-Msg-Id of a bar: its identity (timeframe, venue, symbol, start)."""
+    return f"bar.{bar.tf}.{bar.venue}.{bar.symbol}.{bar.start_ns}"
+
+
+def json_schema() -> dict:
+    """JSON Schema of every wire type, for consumers in other languages."""
+    return msgspec.json.schema(Envelope)
