@@ -1,0 +1,232 @@
+"""The bar worker: trades from JetStream in, closed OHLCV bars out on ``bar.<tf>.<venue>.<symbol>``.
+
+Exactly-once by construction:
+- Input is the MD stream in stream order, through the durable pull consumer ``bars-worker``.
+- After each fetched chunk the worker publishes the bars it closed (Nats-Msg-Id is the bar's identity,
+  `core.schema.bar_msg_id`), waits for every PubAck, then stores a snapshot of the whole bar state with
+  the last consumed stream sequence in the JetStream KV bucket, and only then acks the chunk.
+- On start it restores that snapshot and recreates its consumer to begin right after the snapshot's
+  sequence. A worker killed at any point (kill -9 included) therefore re-reads exactly the trades whose
+  effect is not in the snapshot, rebuilds the same bars, and the republished ones are dropped by the
+  BARS stream's duplicate window (and by the sink's ReplacingMergeTree keys beyond it).
+
+Bars close on event time only (see `core.bars`), never on the wall clock, so a replay produces the same
+bars as the live run. Late trades are dead-lettered on ``dlq.worker.<venue>`` with the reason and the
+trades themselves; the raw trades are stored by the sink regardless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+
+import msgspec
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from core import streams, subjects
+from core.bars import BarBuilder
+from core.config import Config, WorkerConfig
+from core.errors import SchemaError
+from core.schema import (CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, TradeBatch,
+                         bar_msg_id)
+
+__all__ = ["WorkerStats", "BarWorker", "register"]
+
+log = logging.getLogger("tickmesh.worker")
+
+METRICS_SUBJECT = "tickmesh.metrics.worker"
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    last_seq: int
+    builder: bytes
+
+
+class WorkerStats(msgspec.Struct):
+    """Counters of one worker process, published once a second as JSON."""
+
+    messages: int = 0
+    trades: int = 0
+    bars: int = 0
+    late_trades: int = 0
+    dead_letters: int = 0
+    last_seq: int = 0
+    lag: int = 0
+    restored_seq: int = 0
+
+
+class BarWorker:
+    """Consumes trade batches and publishes closed bars, recoverably.
+
+    Args:
+        js: JetStream context.
+        cfg: worker settings (timeframes, lateness, fetch size).
+        name: durable consumer name and KV key; one worker owns one name at a time.
+    """
+
+    def __init__(self, js: JetStreamContext, cfg: WorkerConfig, name: str = streams.BARS_WORKER) -> None:
+        self.js = js
+        self.cfg = cfg
+        self.name = name
+        self.stats = WorkerStats()
+        self._builder = BarBuilder(list(cfg.timeframes), lateness_ns=int(cfg.lateness_ms * 1e6))
+        self._kv = None
+        self._sub = None
+
+    def __repr__(self) -> str:
+        return f"BarWorker(name={self.name!r}, timeframes={list(self.cfg.timeframes)})"
+
+    async def on_start(self) -> None:
+        """Restores the last snapshot and binds a consumer that starts right after it."""
+        self._kv = await self.js.key_value(streams.STATE_BUCKET)
+        start_seq = 0
+        try:
+            entry = await self._kv.get(self._state_key)
+            snap = msgspec.msgpack.decode(entry.value, type=_Snapshot)
+            self._builder = BarBuilder.restore(snap.builder)
+            start_seq = snap.last_seq
+        except KeyNotFoundError:
+            pass
+        self.stats.last_seq = self.stats.restored_seq = start_seq
+        # Whatever the consumer had delivered or acked, the snapshot is the truth: start after it.
+        try:
+            await self.js.delete_consumer(streams.MD_STREAM, self.name)
+        except NotFoundError:
+            pass
+        base = streams.consumer_configs()[streams.BARS_WORKER][1]
+        config = ConsumerConfig(
+            durable_name=self.name, ack_policy=AckPolicy.EXPLICIT, filter_subject=base.filter_subject,
+            ack_wait=base.ack_wait, max_ack_pending=base.max_ack_pending,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
+            opt_start_seq=start_seq + 1 if start_seq else None)
+        await self.js.add_consumer(streams.MD_STREAM, config)
+        self._sub = await self.js.pull_subscribe_bind(self.name, stream=streams.MD_STREAM)
+        log.info("worker %s starting after stream seq %d", self.name, start_seq)
+
+    @property
+    def _state_key(self) -> str:
+        return f"{self.name}.state"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Processes chunks until ``stop`` is set."""
+        if self._sub is None:
+            await self.on_start()
+        while not stop.is_set():
+            try:
+                msgs = await self._sub.fetch(self.cfg.fetch_batch, timeout=0.25)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            await self.on_chunk(msgs)
+
+    async def on_chunk(self, msgs: list) -> None:
+        """Handles one fetched chunk: bars out, acks in, snapshot in between."""
+        pending = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq <= self.stats.last_seq:
+                continue  # redelivered and already in the snapshot
+            pending.extend(await self.on_trades(msg))
+            self.stats.last_seq = seq
+            self.stats.messages += 1
+        if pending:
+            await asyncio.gather(*pending)
+        snap = _Snapshot(self.stats.last_seq, self._builder.snapshot())
+        await self._kv.put(self._state_key, msgspec.msgpack.encode(snap))
+        for msg in msgs:
+            await msg.ack()
+
+    async def on_trades(self, msg) -> list[asyncio.Future]:
+        """Feeds one message to the bar builder and publishes what it closed and what came late."""
+        futures = []
+        try:
+            batch = CODEC.decode(msg.data)
+            if not isinstance(batch, TradeBatch):
+                raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
+            batch.columns()  # validates column lengths before the builder sees them
+        except SchemaError as exc:
+            futures.append(await self._dead_letter(msg, str(exc), msg.data))
+            return futures
+        self.stats.trades += len(batch)
+        bars, late = self._builder.update(batch), self._builder.late_trades()
+        for bar in bars:
+            futures.append(await self.js.publish_async(
+                subjects.bar(bar.tf, bar.venue, bar.symbol), CODEC.encode(bar),
+                headers={HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: str(SCHEMA_VERSION)}))
+        self.stats.bars += len(bars)
+        for i, entry in enumerate(late):
+            self.stats.late_trades += len(entry.trades)
+            reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"
+            futures.append(await self._dead_letter(msg, reason, CODEC.encode(entry.trades), tag=f"{entry.tf}.{i}"))
+        return futures
+
+    async def _dead_letter(self, msg, reason: str, raw: bytes, tag: str = "") -> asyncio.Future:
+        self.stats.dead_letters += 1
+        try:
+            venue = subjects.parse(msg.subject).venue
+        except Exception:  # a subject outside our families still gets its dead letter
+            venue = "unknown"
+        letter = DeadLetter("worker", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=msg.subject)
+        seq = msg.metadata.sequence.stream
+        return await self.js.publish_async(
+            subjects.dlq("worker", venue), CODEC.encode(letter),
+            headers={HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: str(SCHEMA_VERSION)})
+
+    async def lag(self) -> int:
+        """Messages in the stream not yet delivered to this worker."""
+        info = await self.js.consumer_info(streams.MD_STREAM, self.name)
+        return info.num_pending
+
+
+async def _report(nc, worker: BarWorker, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            worker.stats.lag = await worker.lag()
+            await nc.publish(METRICS_SUBJECT, json.dumps(
+                {**msgspec.structs.asdict(worker.stats), "ts": time.time()}).encode())
+        except Exception as exc:  # metrics must never stop the worker
+            log.debug("metrics publish failed: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def serve(cfg: Config, url: str) -> None:
+    """Runs one bar worker until SIGINT/SIGTERM."""
+    import signal
+
+    nc = await nats.connect(url, name="tickmesh-worker", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await streams.ensure(js, cfg.streams)
+    worker = BarWorker(js, cfg.worker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.on_start()
+    reporter = asyncio.create_task(_report(nc, worker, stop))
+    try:
+        await worker.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await nc.close()
+
+
+def _cmd_worker(args: argparse.Namespace, cfg: Config) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    url = args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
+    asyncio.run(serve(cfg, url))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("worker", help="run the bar worker (trades in, bars out)")
+    p.add_argument("--url", help="NATS url (default: from config)")
+    p.set_defaults(func=_cmd_worker)
