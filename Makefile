@@ -6,9 +6,15 @@ STAMP := $(VENV)/.installed
 WEB := api/web
 CHART := $(WEB)/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js
 
-.PHONY: up test bench setup clean
+.PHONY: up test bench setup browser clean
 
 setup: $(STAMP) $(CHART)
+
+# Browser tests drive Debian's chromium headless; install it once when missing (needs root).
+browser:
+	@command -v chromium >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
 $(STAMP): pyproject.toml
@@ -21,13 +27,13 @@ $(STAMP): pyproject.toml
 
 $(CHART): $(WEB)/package.json
 	@command -v npm >/dev/null || { echo "npm is needed for the dashboard chart library (apt-get install npm)"; exit 1; }
-	cd $(WEB) && npm install --no-audit --no-fund --loglevel=error
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(CHART)
 
 up: setup
 	$(BIN)/tickmesh up $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: setup

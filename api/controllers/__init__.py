@@ -1,0 +1,23 @@
+"""One Litestar Controller per resource."""
+
+from api.controllers.bars import BarsController
+from api.controllers.dashboard import DashboardController
+from api.controllers.health import HealthController
+from api.controllers.live import LiveBarsController
+from api.controllers.metrics import MetricsController
+from api.controllers.symbols import SymbolsController
+from api.controllers.trades import TradesController
+
+__all__ = [
+    "BarsController",
+    "DashboardController",
+    "HealthController",
+    "LiveBarsController",
+    "MetricsController",
+    "SymbolsController",
+    "TradesController",
+    "CONTROLLERS",
+]
+
+CONTROLLERS = (HealthController, SymbolsController, BarsController, TradesController, LiveBarsController,
+               MetricsController, DashboardController)

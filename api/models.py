@@ -1,0 +1,131 @@
+"""Response types of the REST and WebSocket API, as msgspec Structs (they also drive the OpenAPI schema).
+
+Field names and units follow the wire schema (`core.schema`): times are int64 epoch nanoseconds.
+JavaScript numbers hold integers exactly only up to 2**53, so browser clients should treat ``*_ns``
+fields as approximate (to within a microsecond) or read them as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from core.schema import Bar
+
+__all__ = [
+    "BarOut",
+    "TradeOut",
+    "SymbolOut",
+    "SymbolsOut",
+    "ErrorOut",
+    "NatsHealth",
+    "StoreHealth",
+    "SinkHealth",
+    "ComponentHealth",
+    "Health",
+]
+
+
+class BarOut(msgspec.Struct, frozen=True):
+    """One closed OHLCV bar; the same fields as `core.schema.Bar`, as a JSON object."""
+
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float
+    n_trades: int
+    buy_volume: float
+    sell_volume: float
+    last_recv_ns: int = 0
+
+    @classmethod
+    def from_bar(cls, bar: Bar) -> "BarOut":
+        return cls(**msgspec.structs.asdict(bar))
+
+
+class TradeOut(msgspec.Struct, frozen=True):
+    """One trade; ``side`` is the aggressor (1 buy, -1 sell, 0 unknown)."""
+
+    venue: str
+    symbol: str
+    ts_ns: int
+    recv_ns: int
+    px: float
+    qty: float
+    side: int
+    trade_id: int
+
+
+class SymbolOut(msgspec.Struct, frozen=True):
+    """A (venue, symbol) that has stored trades, with their count and time span."""
+
+    venue: str
+    symbol: str
+    trades: int
+    first_ns: int
+    last_ns: int
+
+
+class SymbolsOut(msgspec.Struct, frozen=True):
+    """Everything a client needs to pick a series: the timeframes and the known symbols."""
+
+    timeframes: list[str]
+    symbols: list[SymbolOut]
+
+
+class ErrorOut(msgspec.Struct, frozen=True):
+    """The body of every 4xx/5xx answer; ``param`` names the offending query parameter, if any."""
+
+    status_code: int
+    detail: str
+    param: str | None = None
+
+
+class NatsHealth(msgspec.Struct, frozen=True):
+    connected: bool
+    url: str
+
+
+class StoreHealth(msgspec.Struct, frozen=True):
+    ok: bool
+    error: str | None = None
+
+
+class SinkHealth(msgspec.Struct, frozen=True):
+    """The ClickHouse sink. ``owned`` is false when another process runs it (``--no-sink``).
+
+    ``lag`` is the number of messages its durable consumers have not yet acknowledged, summed;
+    ``pending`` has it per consumer. Both are None when JetStream could not be asked.
+    """
+
+    owned: bool
+    running: bool
+    restarts: int = 0
+    lag: int | None = None
+    pending: dict[str, int] | None = None
+    error: str | None = None
+
+
+class ComponentHealth(msgspec.Struct, frozen=True):
+    """The latest metrics snapshot a component published on ``tickmesh.metrics.<name>``."""
+
+    subject: str
+    age_s: float
+    snapshot: dict[str, Any]
+
+
+class Health(msgspec.Struct, frozen=True):
+    """``ok`` when NATS and the store are up (HTTP 200), ``degraded`` otherwise (HTTP 503)."""
+
+    status: Literal["ok", "degraded"]
+    nats: NatsHealth
+    store: StoreHealth
+    sink: SinkHealth
+    components: dict[str, ComponentHealth]

@@ -1,0 +1,260 @@
+"""End-to-end pipeline benchmark: recorded frames looped to millions of events through
+edge parse -> JetStream -> bar worker -> bars, with a baseline for every stage run in this process.
+
+Stages (each prints events/s and a ratio against its baseline):
+  A  edge parse + validate, CPU only            baseline: stdlib json.loads of the same frames
+  B  edge parse + validate + batch + publish     baseline: one awaited js.publish per event
+  C  bar worker: MD stream -> bars on BARS       baseline: per-trade Python aggregation
+  D  latency, paced live run (worker in its own process): edge receive of the trade that closes a
+     1s bar (its watermark crossing) -> that bar arriving at a subscriber; p50/p99.
+
+Frames: the frames of the recordings that normalize into events (channels that are dead-lettered,
+such as Coinbase l2update, are left out of the loop), looped with every timestamp shifted by the
+source's span so each loop continues the previous one, and trade ids offset per loop.
+
+Usage: python bench/pipeline.py [--events 2000000] [--latency-rate 20000] [--latency-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import nats
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core import streams  # noqa: E402
+from core.bar_worker import BarWorker  # noqa: E402
+from core.config import StreamsConfig, WorkerConfig  # noqa: E402
+from core.natsserver import NatsServer  # noqa: E402
+from core.schema import CODEC, TIMEFRAME_NS, TradeBatch  # noqa: E402
+from edge.collector import collect  # noqa: E402
+from edge.events import Trade  # noqa: E402
+from edge.publisher import BatchPublisher  # noqa: E402
+from edge.readers import reader_for  # noqa: E402
+from edge.validate import process_frame  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+SOURCES = ["ticks/kraken_xbtusdt_trades_rest.json", "ws/coinbase.ws.txt", "ws/kraken_trade.ws.txt",
+           "ws/kraken_ticker.ws.txt", "ws/binance_spot.ws.txt"]
+LOOP_ID_OFFSET = 10**10
+
+
+class Source:
+    """One recording: its useful frames, adapter and time span."""
+
+    def __init__(self, rel: str) -> None:
+        path = DATA / rel
+        if not path.exists():
+            sys.exit(f"recorded data missing: {path} (the benchmark needs ../shared/data)")
+        self.name = rel
+        reader = reader_for(path)
+        self.adapter = reader.adapter(path)
+        self.max_skew_ns = reader.max_skew_ns
+        self.frames, self.events, times = [], 0, []
+        for recv_ns, raw in reader.frames(path):
+            res = process_frame(self.adapter, raw, recv_ns, self.max_skew_ns)
+            if res.events and not res.dead_letters:
+                self.frames.append((recv_ns, raw))
+                self.events += len(res.events)
+                times += [recv_ns] + [e.ts_ns for e in res.events]
+        self.span_ns = max(times) - min(times) + 1_000_000_000
+
+
+def loops_for(sources: list[Source], events: int) -> int:
+    return -(-events // sum(s.events for s in sources))
+
+
+def stage_a(sources: list[Source], loops: int) -> dict:
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(loops):
+        for src in sources:
+            for recv_ns, raw in src.frames:
+                n += len(process_frame(src.adapter, raw, recv_ns, src.max_skew_ns).events)
+    ours = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    m = 0
+    for _ in range(max(1, loops // 10)):
+        for src in sources:
+            for _, raw in src.frames:
+                json.loads(raw)
+                m += 1
+    frames_s = m / (time.perf_counter() - t0)
+    events_per_frame = sum(s.events for s in sources) / sum(len(s.frames) for s in sources)
+    return {"events": n, "ours": ours, "baseline": frames_s * events_per_frame}
+
+
+async def stage_b(js, sources: list[Source], loops: int) -> dict:
+    t0 = time.perf_counter()
+    events = 0
+    for src in sources:
+        async with BatchPublisher(js, src.adapter.venue, flush_clock="recv") as pub:
+            for loop in range(loops):
+                await pub.shift(loop * src.span_ns, loop * LOOP_ID_OFFSET)
+                await collect(src.frames, src.adapter, pub, max_skew_ns=None)
+        events += pub.stats.events
+    ours = events / (time.perf_counter() - t0)
+    # Baseline: the naive way, one awaited publish per event, on a subset.
+    base_n = 5000
+    t0 = time.perf_counter()
+    for i in range(base_n):
+        await js.publish("md.bench.trade.BASE-LINE", b"x" * 40)
+    baseline = base_n / (time.perf_counter() - t0)
+    return {"events": events, "ours": ours, "baseline": baseline}
+
+
+async def stage_c(js, cfg: WorkerConfig) -> dict:
+    info = await js.stream_info(streams.MD_STREAM)
+    worker = BarWorker(js, cfg)
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(worker.run(stop))
+    while worker.stats.last_seq < info.state.last_seq:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await task
+    # Baseline: aggregate a subset of the same trades one by one in Python.
+    sub = await js.pull_subscribe("md.*.trade.>", stream=streams.MD_STREAM)
+    msgs = await sub.fetch(200, timeout=5)
+    cols = [CODEC.decode(m.data).columns() for m in msgs]
+    t0 = time.perf_counter()
+    n = 0
+    for c in cols:
+        for tf_ns in TIMEFRAME_NS.values():
+            bars = {}
+            for ts, px, qty in zip(c["ts_ns"].tolist(), c["px"].tolist(), c["qty"].tolist()):
+                b = bars.get(ts - ts % tf_ns)
+                if b is None:
+                    bars[ts - ts % tf_ns] = [px, px, px, px, qty]
+                else:
+                    b[1], b[2], b[3], b[4] = max(b[1], px), min(b[2], px), px, b[4] + qty
+        n += len(c["ts_ns"])
+    baseline = n / (time.perf_counter() - t0)
+    return {"events": worker.stats.trades, "bars": worker.stats.bars, "ours": worker.stats.trades / elapsed,
+            "bars_s": worker.stats.bars / elapsed, "baseline": baseline}
+
+
+async def stage_d(sources: list[Source], rate: float, seconds: float, lateness_ms: float) -> dict:
+    """Paced live run: frames re-stamped with the wall clock, worker in its own process."""
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await streams.ensure(js, StreamsConfig())
+        env = {**os.environ, "TICKMESH_WORKER__LATENESS_MS": str(lateness_ms), "TICKMESH_DATA_DIR": tmp}
+        worker = subprocess.Popen([sys.executable, "-m", "core.cli", "worker", "--url", server.url], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        arrivals: list[tuple[str, str, int, int]] = []
+
+        async def on_bar(msg):
+            bar = CODEC.decode(msg.data)
+            arrivals.append((bar.venue, bar.symbol, bar.start_ns, time.time_ns()))
+
+        await nc.subscribe("bar.1s.>", cb=on_bar)
+        # (venue, symbol) -> running max of exchange time, and the receive time of each trade
+        running_max: dict[tuple, list[int]] = defaultdict(list)
+        recv_of: dict[tuple, list[int]] = defaultdict(list)
+        shift_ns = {}
+        t_start = time.time_ns()
+        sent = 0
+
+        async def paced(src: Source, loop: int):
+            nonlocal sent
+            for _, raw in src.frames:
+                recv_ns = time.time_ns()
+                res = process_frame(src.adapter, raw, recv_ns, None)
+                for ev in res.events:
+                    if isinstance(ev, Trade):
+                        key = (src.adapter.venue, ev.symbol)
+                        ts = ev.ts_ns + shift_ns[src.name] + loop * src.span_ns
+                        rm = running_max[key]
+                        rm.append(max(rm[-1], ts) if rm else ts)
+                        recv_of[key].append(recv_ns)
+                sent += len(res.events)
+                yield recv_ns, raw
+                ahead_s = sent / rate - (time.time_ns() - t_start) / 1e9
+                if ahead_s > 0:
+                    await asyncio.sleep(ahead_s)
+
+        pubs = {}
+        for src in sources:
+            first_ts = min(min(e.ts_ns for e in process_frame(src.adapter, raw, r, None).events) for r, raw in src.frames)
+            shift_ns[src.name] = t_start - first_ts  # event time starts now
+            pubs[src.name] = BatchPublisher(js, src.adapter.venue, flush_clock="wall")
+        loop = 0
+        while (time.time_ns() - t_start) / 1e9 < seconds:
+            for src in sources:
+                pub = pubs[src.name]
+                await pub.shift(shift_ns[src.name] + loop * src.span_ns, loop * LOOP_ID_OFFSET)
+                await collect(paced(src, loop), src.adapter, pub, max_skew_ns=None)
+            loop += 1
+        for pub in pubs.values():
+            await pub.close()
+        await asyncio.sleep(2.0)
+        worker.terminate()
+        worker.wait(10)
+        await nc.close()
+    lateness_ns = int(lateness_ms * 1e6)
+    latencies = []
+    for venue, symbol, start_ns, arrived_ns in arrivals:
+        key = (venue, symbol)
+        # The trade whose arrival pushed the watermark past the bar's end closed the bar.
+        i = bisect.bisect_left(running_max[key], start_ns + TIMEFRAME_NS["1s"] + lateness_ns)
+        if i < len(recv_of[key]):
+            latencies.append((arrived_ns - recv_of[key][i]) / 1e6)
+    lat = np.array(latencies)
+    return {"events": sent, "rate": sent / seconds, "bars": len(lat),
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=2_000_000, help="events through stages A-C (default 2M)")
+    ap.add_argument("--latency-rate", type=float, default=20_000, help="events/s offered in stage D")
+    ap.add_argument("--latency-s", type=float, default=10.0, help="duration of stage D")
+    args = ap.parse_args()
+    sources = [Source(rel) for rel in SOURCES]
+    loops = loops_for(sources, args.events)
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
+    print(f"sources: " + ", ".join(f"{Path(s.name).name} ({len(s.frames)} frames, {s.events} events)" for s in sources))
+    print(f"loops: {loops} -> {loops * sum(s.events for s in sources):,} events\n")
+    rows = []
+    a = stage_a(sources, loops)
+    rows.append(("A edge parse+validate", a["events"], a["ours"], "json.loads only", a["baseline"]))
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await streams.ensure(js, StreamsConfig(md_max_bytes=16 * 1024**3))
+        b = await stage_b(js, sources, loops)
+        rows.append(("B edge parse+publish", b["events"], b["ours"], "awaited publish/event", b["baseline"]))
+        c = await stage_c(js, WorkerConfig(fetch_batch=256))
+        rows.append(("C worker trades->bars", c["events"], c["ours"], "per-trade Python", c["baseline"]))
+        await nc.close()
+    print(f"{'stage':26s} {'events':>11s} {'events/s':>12s}   {'baseline':22s} {'baseline/s':>11s} {'ratio':>7s}")
+    for name, n, ours, base_name, base in rows:
+        print(f"{name:26s} {n:11,d} {ours:12,.0f}   {base_name:22s} {base:11,.0f} {ours / base:6.1f}x")
+    print(f"\nworker published {c['bars']:,} bars ({c['bars_s']:,.0f} bars/s); "
+          f"{c['bars'] / max(c['events'], 1):.2f} bars per trade at 5 timeframes")
+    d = await stage_d(sources, args.latency_rate, args.latency_s, WorkerConfig().lateness_ms)
+    print(f"\nD latency, paced at {d['rate']:,.0f} events/s for {args.latency_s:g} s, worker in its own process: "
+          f"closing trade received at the edge -> 1s bar at a subscriber: p50 {d['p50_ms']:.1f} ms, "
+          f"p99 {d['p99_ms']:.1f} ms over {d['bars']:,} bars")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,453 @@
+"""ClickHouse storage: the tables tickmesh writes and the queries the API reads.
+
+One `Store` wraps one clickhouse-connect client. The same code talks to embedded chDB
+(``chdb:///<dir>``, the default) and to a ClickHouse server (``http(s)://...``). chDB runs inside
+this process and one process owns a given directory, so every client call goes through one lock
+and async callers hand work to the Store's single worker thread with `Store.run`.
+
+Tables are ReplacingMergeTree keyed by each row's identity and every read uses ``FINAL``, so a
+batch redelivered after a crash (JetStream at-least-once) is counted once.
+
+Example:
+    >>> store = Store.open("chdb:///tmp/tickmesh-ch")
+    >>> store.insert_trades([batch])
+    >>> store.bars("kraken", "BTC-USD", "1m", limit=100)
+    >>> store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import numpy as np
+
+from core.errors import StoreError
+from core.schema import Bar, DeadLetter, QuoteBatch, TradeBatch
+
+__all__ = ["TABLES", "DDL", "Store"]
+
+T = TypeVar("T")
+
+_LC = "LowCardinality(String)"
+
+# Column names and ClickHouse types per table: the single source for both the DDL and the
+# explicit insert types (so an insert never asks the server for the table layout).
+TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "trades": (
+        ("venue", _LC), ("symbol", _LC), ("ts_ns", "Int64"), ("recv_ns", "Int64"), ("px", "Float64"),
+        ("qty", "Float64"), ("side", "Int8"), ("trade_id", "Int64"),
+    ),
+    "quotes": (
+        ("venue", _LC), ("symbol", _LC), ("ts_ns", "Int64"), ("recv_ns", "Int64"), ("bid_px", "Float64"),
+        ("bid_qty", "Float64"), ("ask_px", "Float64"), ("ask_qty", "Float64"),
+    ),
+    "bars": (
+        ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"), ("open", "Float64"),
+        ("high", "Float64"), ("low", "Float64"), ("close", "Float64"), ("volume", "Float64"),
+        ("vwap", "Float64"), ("n_trades", "Int64"), ("buy_volume", "Float64"), ("sell_volume", "Float64"),
+        ("last_recv_ns", "Int64"),
+    ),
+    "dead_letters": (
+        ("stage", _LC), ("venue", _LC), ("symbol", _LC), ("reason", "String"), ("detail", "String"),
+        ("raw", "String"), ("recv_ns", "Int64"), ("stream", _LC), ("stream_seq", "UInt64"),
+    ),
+}
+
+# Row identity per table: a re-inserted row with the same key replaces the old one.
+_ORDER_BY = {
+    "trades": "(venue, symbol, ts_ns, trade_id)",
+    "quotes": "(venue, symbol, ts_ns, recv_ns)",
+    "bars": "(venue, symbol, tf, start_ns)",
+    # The stream is part of the key: sequences of different streams overlap, and the sink
+    # dead-letters messages from several streams under one stage.
+    "dead_letters": "(stage, venue, stream, stream_seq)",
+}
+
+# Every CREATE statement, applied on open; ``{db}`` is the (validated, quoted) database name.
+DDL: tuple[str, ...] = tuple(
+    f"CREATE TABLE IF NOT EXISTS {{db}}.{table} ("
+    + ", ".join(f"{name} {ch_type}" for name, ch_type in cols)
+    + f") ENGINE = ReplacingMergeTree ORDER BY {_ORDER_BY[table]}"
+    for table, cols in TABLES.items()
+)
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEMES = ("chdb", "http", "https")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without credentials, for error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None and parts.username is None:
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Store:
+    """ClickHouse access for tickmesh: DDL, columnar inserts and parameterized reads.
+
+    Build it with `Store.open`. Methods are synchronous and serialized by a lock; from async code
+    call them through `run` so they execute on the Store's one worker thread.
+    """
+
+    def __init__(self, client: Any, database: str, dsn: str) -> None:
+        self._client = client
+        self._db = f"`{database}`"
+        self._database = database
+        self._dsn = dsn
+        self._lock = threading.RLock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tickmesh-store")
+        self._insert_contexts: dict[str, Any] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Store(dsn={_redact(self._dsn)!r}, database={self._database!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, dsn: str, database: str = "tickmesh") -> Store:
+        """Connects, creates the database and applies the DDL (idempotent).
+
+        Args:
+            dsn: ``chdb:///<dir>`` for embedded chDB, or ``http(s)://[user:password@]host:port``.
+            database: database holding tickmesh's tables; created if missing.
+
+        Raises:
+            StoreError: the DSN or database name is invalid, or ClickHouse cannot be opened or
+                refuses the DDL.
+        """
+        import clickhouse_connect
+
+        scheme = urlsplit(dsn).scheme
+        if scheme not in _SCHEMES:
+            raise StoreError(f"unsupported ClickHouse DSN {_redact(dsn)!r}: use chdb:///<dir> or http(s)://host:port")
+        if not _DB_NAME.match(database):
+            raise StoreError(f"invalid database name {database!r}: use letters, digits and '_'")
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:  # clickhouse-connect raises its own, OS and HTTP errors here
+            raise StoreError(f"cannot open ClickHouse at {_redact(dsn)}: {exc}") from None
+        store = cls(client, database, dsn)
+        try:
+            store.apply_ddl()
+        except StoreError:
+            store.close()
+            raise
+        return store
+
+    def apply_ddl(self) -> None:
+        """Creates the database and every table if missing.
+
+        Raises:
+            StoreError: ClickHouse refused a statement.
+        """
+        with self._guard("create database"):
+            self._client.command(f"CREATE DATABASE IF NOT EXISTS {self._db}")
+        for stmt in DDL:
+            with self._guard("apply DDL"):
+                self._client.command(stmt.replace("{db}", self._db))
+
+    def close(self) -> None:
+        """Closes the client and stops the worker thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            try:
+                self._client.close()
+            except Exception:  # closing must never mask the caller's own error
+                pass
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs ``fn(*args, **kwargs)`` on the Store's single worker thread.
+
+        Example:
+            ``rows = await store.run(store.bars, "kraken", "BTC-USD", "1m")``
+
+        Raises:
+            StoreError: the Store is closed, or whatever ``fn`` raises.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def ping(self) -> bool:
+        """True when ClickHouse answers."""
+        if self._closed:
+            return False
+        try:
+            with self._lock:
+                return bool(self._client.ping())
+        except Exception:  # a health probe answers, it does not raise
+            return False
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Serializes client use and translates driver errors into StoreError."""
+        if self._closed:
+            raise StoreError(f"{what}: store is closed")
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        with self._lock:
+            try:
+                yield
+            except (ClickHouseError, OSError, OverflowError, TypeError, ValueError) as exc:
+                raise StoreError(f"{what} failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ inserts
+
+    def _insert(self, table: str, columns: Sequence[Any]) -> None:
+        with self._guard(f"insert into {table}"):
+            ctx = self._insert_contexts.get(table)
+            if ctx is None:
+                names, types = zip(*TABLES[table])
+                # Explicit names and types: no round trip to read the table layout, and a
+                # context reused for every insert into this table.
+                ctx = self._client.create_insert_context(
+                    table, column_names=list(names), database=self._database,
+                    column_type_names=list(types), column_oriented=True)
+                self._insert_contexts[table] = ctx
+            ctx.data = list(columns)
+            self._client.insert(context=ctx)
+
+    @staticmethod
+    def _keys(items: Sequence[TradeBatch | QuoteBatch], lengths: np.ndarray) -> list[np.ndarray]:
+        venues = np.array([b.venue for b in items], dtype=object)
+        symbols = np.array([b.symbol for b in items], dtype=object)
+        return [np.repeat(venues, lengths), np.repeat(symbols, lengths)]
+
+    def _insert_batches(self, table: str, batches: Sequence[TradeBatch | QuoteBatch]) -> int:
+        items = [b for b in batches if len(b)]
+        if not items:
+            return 0
+        try:
+            cols = [b.columns() for b in items]
+        except Exception as exc:  # SchemaError from a ragged batch: tell the caller which table
+            raise StoreError(f"insert into {table}: {exc}") from exc
+        lengths = np.array([len(next(iter(c.values()))) for c in cols], dtype=np.int64)
+        data = self._keys(items, lengths)
+        for name in type(items[0]).DTYPES:
+            data.append(np.concatenate([c[name] for c in cols]))
+        self._insert(table, data)
+        return int(lengths.sum())
+
+    def insert_trades(self, batches: Sequence[TradeBatch]) -> int:
+        """Inserts trade batches column by column.
+
+        Returns:
+            Number of trade rows written.
+
+        Raises:
+            StoreError: a batch is malformed or ClickHouse refused the insert.
+        """
+        return self._insert_batches("trades", batches)
+
+    def insert_quotes(self, batches: Sequence[QuoteBatch]) -> int:
+        """Inserts quote batches column by column.
+
+        Returns:
+            Number of quote rows written.
+
+        Raises:
+            StoreError: a batch is malformed or ClickHouse refused the insert.
+        """
+        return self._insert_batches("quotes", batches)
+
+    def insert_bars(self, bars: Sequence[Bar]) -> int:
+        """Inserts bars (one wire message each) as columns.
+
+        Returns:
+            Number of bar rows written.
+
+        Raises:
+            StoreError: a value does not fit its column or ClickHouse refused the insert.
+        """
+        if not bars:
+            return 0
+        rows = list(zip(*(msgspec.structs.astuple(b) for b in bars)))
+        by_name = dict(zip(Bar.__struct_fields__, rows))
+        data = []
+        with self._guard("insert into bars"):  # int64 overflow surfaces here as OverflowError
+            for name, ch_type in TABLES["bars"]:
+                col = by_name[name]
+                if ch_type == "Int64":
+                    data.append(np.array(col, dtype=np.int64))
+                elif ch_type == "Float64":
+                    data.append(np.array(col, dtype=np.float64))
+                else:
+                    data.append(np.array(col, dtype=object))
+        self._insert("bars", data)
+        return len(bars)
+
+    def insert_dead_letters(self, items: Sequence[tuple[DeadLetter, int]], stream: str = "") -> int:
+        """Inserts dead letters, each with the JetStream stream sequence it came from.
+
+        Args:
+            items: (dead letter, stream sequence) pairs.
+            stream: the JetStream stream those sequences belong to (part of the row identity).
+
+        Returns:
+            Number of dead-letter rows written.
+
+        Raises:
+            StoreError: a value does not fit its column or ClickHouse refused the insert.
+        """
+        if not items:
+            return 0
+        letters = [dl for dl, _ in items]
+        with self._guard("insert into dead_letters"):
+            data = [
+                np.array([d.stage for d in letters], dtype=object),
+                np.array([d.venue for d in letters], dtype=object),
+                np.array([d.symbol for d in letters], dtype=object),
+                np.array([d.reason for d in letters], dtype=object),
+                np.array([d.detail for d in letters], dtype=object),
+                # raw stays bytes end to end: a String column holds arbitrary bytes
+                [bytes(d.raw) for d in letters],
+                np.array([d.recv_ns for d in letters], dtype=np.int64),
+                np.full(len(items), stream, dtype=object),
+                np.array([seq for _, seq in items], dtype=np.uint64),
+            ]
+        self._insert("dead_letters", data)
+        return len(items)
+
+    # ------------------------------------------------------------------ queries
+
+    def _rows(self, what: str, sql: str, parameters: dict[str, Any] | None = None,
+              column_formats: dict[str, str] | None = None) -> list[dict]:
+        with self._guard(what):
+            result = self._client.query(sql.replace("{db}", self._db), parameters=parameters or {},
+                                        column_formats=column_formats)
+            return list(result.named_results())
+
+    @staticmethod
+    def _range(start_ns: int | None, end_ns: int | None, limit: int) -> dict[str, int]:
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        return {
+            "start_ns": _INT64_MIN if start_ns is None else int(start_ns),
+            "end_ns": _INT64_MAX if end_ns is None else int(end_ns),
+            "limit": int(limit),
+        }
+
+    def symbols(self) -> list[dict]:
+        """Every (venue, symbol) with trades: ``venue, symbol, trades, first_ns, last_ns``."""
+        return self._rows(
+            "symbols",
+            "SELECT venue, symbol, count() AS trades, min(ts_ns) AS first_ns, max(ts_ns) AS last_ns "
+            "FROM {db}.trades FINAL GROUP BY venue, symbol ORDER BY venue, symbol")
+
+    def bars(self, venue: str, symbol: str, tf: str, start_ns: int | None = None,
+             end_ns: int | None = None, limit: int = 1000) -> list[dict]:
+        """Bars with ``start_ns <= bar.start_ns < end_ns``, ascending by start.
+
+        When more than ``limit`` bars are in range, the LAST ``limit`` are returned (the most
+        recent, still in ascending order).
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        params = {"venue": venue, "symbol": symbol, "tf": tf, **self._range(start_ns, end_ns, limit)}
+        cols = ", ".join(name for name, _ in TABLES["bars"])
+        return self._rows(
+            "bars",
+            f"SELECT * FROM (SELECT {cols} FROM {{db}}.bars FINAL "
+            "WHERE venue = {venue:String} AND symbol = {symbol:String} AND tf = {tf:String} "
+            "AND start_ns >= {start_ns:Int64} AND start_ns < {end_ns:Int64} "
+            "ORDER BY start_ns DESC LIMIT {limit:UInt64}) ORDER BY start_ns",
+            params)
+
+    def trades(self, venue: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None,
+               limit: int = 1000) -> list[dict]:
+        """Trades with ``start_ns <= ts_ns < end_ns``, ascending by (ts_ns, trade_id).
+
+        When more than ``limit`` trades are in range, the LAST ``limit`` are returned.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        params = {"venue": venue, "symbol": symbol, **self._range(start_ns, end_ns, limit)}
+        cols = ", ".join(name for name, _ in TABLES["trades"])
+        return self._rows(
+            "trades",
+            f"SELECT * FROM (SELECT {cols} FROM {{db}}.trades FINAL "
+            "WHERE venue = {venue:String} AND symbol = {symbol:String} "
+            "AND ts_ns >= {start_ns:Int64} AND ts_ns < {end_ns:Int64} "
+            "ORDER BY ts_ns DESC, trade_id DESC LIMIT {limit:UInt64}) ORDER BY ts_ns, trade_id",
+            params)
+
+    def quotes(self, venue: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None,
+               limit: int = 1000) -> list[dict]:
+        """Quotes with ``start_ns <= ts_ns < end_ns``, ascending by (ts_ns, recv_ns).
+
+        When more than ``limit`` quotes are in range, the LAST ``limit`` are returned.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        params = {"venue": venue, "symbol": symbol, **self._range(start_ns, end_ns, limit)}
+        cols = ", ".join(name for name, _ in TABLES["quotes"])
+        return self._rows(
+            "quotes",
+            f"SELECT * FROM (SELECT {cols} FROM {{db}}.quotes FINAL "
+            "WHERE venue = {venue:String} AND symbol = {symbol:String} "
+            "AND ts_ns >= {start_ns:Int64} AND ts_ns < {end_ns:Int64} "
+            "ORDER BY ts_ns DESC, recv_ns DESC LIMIT {limit:UInt64}) ORDER BY ts_ns, recv_ns",
+            params)
+
+    def dead_letters(self, stage: str | None = None, limit: int = 100) -> list[dict]:
+        """The most recent dead letters (by receive time), newest first; ``raw`` as bytes.
+
+        Args:
+            stage: only this stage (``sink``, ``edge``, ...); all stages when None.
+            limit: at most this many rows.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        cols = ", ".join(name for name, _ in TABLES["dead_letters"])
+        where = "WHERE stage = {stage:String} " if stage is not None else ""
+        params: dict[str, Any] = {"limit": int(limit)}
+        if stage is not None:
+            params["stage"] = stage
+        # raw holds arbitrary bytes; without "bytes" the driver would hex-encode invalid UTF-8.
+        return self._rows(
+            "dead_letters",
+            f"SELECT {cols} FROM {{db}}.dead_letters FINAL {where}"
+            "ORDER BY recv_ns DESC, stream_seq DESC LIMIT {limit:UInt64}",
+            params, column_formats={"raw": "bytes"})
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, each distinct row counted once."""
+        sql = " UNION ALL ".join(f"SELECT '{t}' AS t, count() AS n FROM {{db}}.{t} FINAL" for t in TABLES)
+        rows = self._rows("counts", sql)
+        out = {t: 0 for t in TABLES}
+        out.update({r["t"]: int(r["n"]) for r in rows})
+        return out

@@ -1,0 +1,258 @@
+"""``tickmesh collect`` (live feed into NATS) and ``tickmesh replay`` (recorded file into NATS).
+
+Both run the same collector loop (parse -> validate -> batching publisher). Ctrl-C stops after
+the current frame, flushes every buffer and waits for JetStream's acks before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+from core.config import Config
+
+__all__ = ["register", "nats_url", "format_summary", "LOOP_TRADE_ID_STEP"]
+
+# Looped replays add loop_index * this to every trade id, so each loop's trades stay distinct
+# (venue ids here are far below it; derived ids wrap modulo 2**63 and stay distinct too).
+LOOP_TRADE_ID_STEP = 10**12
+# Looped replays leave this much time between one loop's last event and the next loop's first.
+LOOP_GAP_NS = 1_000_000_000
+_TOP_REASONS = 10
+
+
+def register(subparsers) -> None:
+    """Adds ``collect`` and ``replay`` to the ``tickmesh`` command."""
+    p = subparsers.add_parser("collect", help="collect a live venue feed into NATS JetStream",
+                              description="Collects a live venue feed into NATS JetStream until Ctrl-C. "
+                                          "Only the simulated venue 'sim' runs without network access.")
+    p.add_argument("--venue", help="venue id (default: edge.venue from config)")
+    p.add_argument("--url", help="NATS url (default: from config)")
+    p.set_defaults(func=_collect_command)
+
+    p = subparsers.add_parser("replay", help="replay a recorded file through the collector into NATS",
+                              description="Replays a recorded file (ws recording, Kraken REST trades, Tardis "
+                                          "CSV) through the live collector into NATS JetStream.")
+    p.add_argument("file", help="recorded data file")
+    p.add_argument("--format", help="reader name (default: sniffed from the file)")
+    p.add_argument("--speed", type=_positive_float, default=None,
+                   help="replay at this multiple of the recorded pace (default: as fast as possible)")
+    p.add_argument("--loop", type=_positive_int, default=1, metavar="N",
+                   help="replay the file N times, each loop shifted later in time with distinct trade ids")
+    p.add_argument("--flush-ms", type=_positive_float, default=None,
+                   help="receive-time span of one batch (default: edge.flush_ms from config)")
+    p.add_argument("--url", help="NATS url (default: from config)")
+    p.set_defaults(func=_replay_command)
+
+
+def nats_url(url: str | None, cfg: Config) -> str:
+    """``--url``, else ``nats.url`` from config, else ``nats://<nats.host>:<nats.port>``."""
+    return url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- collect
+
+def _collect_command(args: argparse.Namespace, cfg: Config) -> int:
+    from edge.adapters import ADAPTERS
+
+    venue = args.venue or cfg.edge.venue
+    if venue not in ADAPTERS:
+        print(f"tickmesh collect: error: unknown venue {venue!r}; known: {', '.join(sorted(ADAPTERS))}",
+              file=sys.stderr)
+        return 2
+    if venue != "sim":
+        print(f"tickmesh collect: error: live collection from {venue!r} needs a WebSocket connection to "
+              f"{ADAPTERS[venue].url}, which needs network access and is not implemented yet. "
+              f"Use --venue sim, or `tickmesh replay FILE` for recorded {venue} data.", file=sys.stderr)
+        return 2
+    return asyncio.run(_collect_sim(nats_url(args.url, cfg), cfg))
+
+
+async def _collect_sim(url: str, cfg: Config) -> int:
+    from edge.adapters.sim import SimVenue
+    from edge.collector import collect
+    from edge.publisher import BatchPublisher
+
+    venue = SimVenue.from_config(cfg.sim)
+    nc, js = await _connect(url, cfg)
+    if nc is None:
+        return 2
+    # Live: never block the venue socket; overflow drops the newest events, counted.
+    pub = BatchPublisher(js, venue.venue, flush_ms=cfg.edge.flush_ms, max_batch=cfg.edge.max_batch,
+                         max_pending_events=cfg.edge.max_pending_events, overflow="drop", flush_clock="wall")
+    print(f"collecting {venue.venue} ({', '.join(cfg.sim.symbols)}) into {url}; Ctrl-C to stop", file=sys.stderr)
+    started = time.perf_counter()
+    interrupted = await _run_until_interrupted(
+        collect(venue.frames(), venue, pub, max_skew_ns=int(cfg.edge.max_clock_skew_s * 1e9), metrics_nc=nc))
+    try:
+        await pub.close()
+    finally:
+        await nc.close()
+    print(format_summary(f"collected {venue.venue}", pub.stats, time.perf_counter() - started))
+    return 130 if interrupted else 0
+
+
+# ----------------------------------------------------------------------------------------- replay
+
+def _replay_command(args: argparse.Namespace, cfg: Config) -> int:
+    from edge.readers import reader_for
+
+    reader = reader_for(args.file, args.format)  # DataFileError -> clear message, exit 2
+    adapter = reader.adapter(args.file)
+    return asyncio.run(_replay(args, cfg, reader, adapter))
+
+
+async def _replay(args: argparse.Namespace, cfg: Config, reader, adapter) -> int:
+    from edge.publisher import BatchPublisher
+
+    url = nats_url(args.url, cfg)
+    nc, js = await _connect(url, cfg)
+    if nc is None:
+        return 2
+    # A file can wait: "block" loses nothing. Receive-time flushing makes batch boundaries, and
+    # so Nats-Msg-Ids, the same in every replay of the file: replaying it twice stores it once.
+    pub = BatchPublisher(js, adapter.venue, flush_ms=args.flush_ms or cfg.edge.flush_ms,
+                         max_batch=cfg.edge.max_batch, max_pending_events=cfg.edge.max_pending_events,
+                         overflow="block", flush_clock="recv")
+    started = time.perf_counter()
+    interrupted = await _run_until_interrupted(
+        replay_loops(reader, args.file, adapter, pub, loops=args.loop, speed=args.speed, metrics_nc=nc))
+    try:
+        await pub.close()
+    finally:
+        await nc.close()
+    elapsed_s = time.perf_counter() - started
+    title = f"replayed {args.file} ({reader.name}, venue {adapter.venue}) x{args.loop}"
+    print(format_summary(title + (" (interrupted)" if interrupted else ""), pub.stats, elapsed_s))
+    return 130 if interrupted else 0
+
+
+async def replay_loops(reader, path, adapter, publisher, *, loops: int = 1, speed: float | None = None,
+                       metrics_nc=None) -> None:
+    """Collects ``path`` ``loops`` times into ``publisher`` (which the caller closes).
+
+    Loop ``k`` shifts every exchange and receive time by ``k * span`` (span: the first loop's
+    time range plus LOOP_GAP_NS) and adds ``k * LOOP_TRADE_ID_STEP`` to every trade id, in the
+    publisher after parse and validation, so every loop is new, later data with distinct
+    Nats-Msg-Ids. Pacing (``speed``) restarts with each loop.
+    """
+    from edge.collector import collect
+    from edge.recorded import paced
+
+    span_ns = LOOP_GAP_NS
+    for k in range(loops):
+        if k:
+            await publisher.shift(k * span_ns, k * LOOP_TRADE_ID_STEP)
+        frames = reader.frames(path)
+        if speed is not None:
+            frames = paced(frames, speed)
+        await collect(frames, adapter, publisher, max_skew_ns=reader.max_skew_ns, metrics_nc=metrics_nc)
+        if k == 0 and loops > 1:
+            await publisher.flush()
+            rng = publisher.time_range_ns
+            if rng is not None:
+                span_ns = rng[1] - rng[0] + LOOP_GAP_NS
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+async def _connect(url: str, cfg: Config):
+    """Connects and ensures the streams; prints a clear error and returns (None, None) on failure.
+
+    The first connection must succeed within ``nats.ready_timeout_s``; after that the client
+    reconnects forever (an edge outlives server restarts), reporting each error on stderr.
+    """
+    import nats
+
+    from core import streams
+
+    errors: list[BaseException] = []
+    connected = False
+
+    async def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        if connected:
+            print(f"tickmesh: nats: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    try:
+        async with asyncio.timeout(cfg.nats.ready_timeout_s):
+            nc = await nats.connect(url, error_cb=on_error, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types here
+        cause = errors[-1] if errors else exc
+        print(f"tickmesh: error: cannot connect to NATS at {url}: {type(cause).__name__}: {cause} "
+              f"(start one with `tickmesh up`, or pass --url)", file=sys.stderr)
+        return None, None
+    connected = True
+    js = nc.jetstream()
+    await streams.ensure(js, cfg.streams)
+    return nc, js
+
+
+async def _run_until_interrupted(coro) -> bool:
+    """Runs ``coro`` until it ends or SIGINT/SIGTERM arrives; True if interrupted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, task.cancel)
+            installed.append(sig)
+    try:
+        await task
+        return False
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+        return True
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def format_summary(title: str, stats, elapsed_s: float) -> str:
+    """A few human lines: frames, events, dead letters by reason, throughput."""
+    s = stats
+    lines = [
+        f"{title} in {elapsed_s:.2f} s",
+        f"  frames {s.frames:,}: {s.event_frames:,} with events, {s.control_frames:,} control, "
+        f"{s.empty_frames:,} empty, {s.failed_frames:,} unparseable",
+        f"  events {s.events:,} (trades {s.trades:,}, quotes {s.quotes:,}), {s.rejected:,} rejected, "
+        f"{s.batches:,} batches stored or confirmed ({s.duplicates:,} already stored)",
+        f"  dead letters {s.dead_letters:,}" + (" by reason:" if s.dead_letters else ""),
+    ]
+    reasons = sorted(s.dead_letter_reasons.items(), key=lambda kv: -kv[1])
+    for reason, n in reasons[:_TOP_REASONS]:
+        lines.append(f"    {n:>9,}  {reason[:160]}")
+    if len(reasons) > _TOP_REASONS:
+        rest = sum(n for _, n in reasons[_TOP_REASONS:])
+        lines.append(f"    {rest:>9,}  ({len(reasons) - _TOP_REASONS} other reasons)")
+    lines.append(f"  overflow dropped {s.overflow_dropped:,}, publish errors {s.publish_errors:,}, "
+                 f"given up {s.publish_failed:,}" + (f" (last: {s.last_error})" if s.last_error else ""))
+    rate = s.events / elapsed_s if elapsed_s > 0 else 0.0
+    frame_rate = s.frames / elapsed_s if elapsed_s > 0 else 0.0
+    lines.append(f"  {rate:,.0f} events/s, {frame_rate:,.0f} frames/s")
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""BatchPublisher against a real nats-server: batching, Msg-Id dedup, overflow policies, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from core import subjects
+from core.config import StreamsConfig
+from core.schema import CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, QuoteBatch, TradeBatch
+from core.streams import DLQ_STREAM, MD_STREAM, ensure
+from edge.adapters.coinbase import CoinbaseAdapter
+from edge.events import Quote, Trade
+from edge.publisher import BatchPublisher
+from edge.recorded import open_recorded
+from tests.conftest import shared_file
+
+WAIT_S = 20.0
+
+
+async def read_stream(js, stream: str, subject: str = ">", timeout_s: float = WAIT_S) -> list:
+    """Every message currently stored in ``stream`` on ``subject``, in stream order."""
+
+    async def run() -> list:
+        info = await js.stream_info(stream, subjects_filter=subject)
+        total = sum((info.state.subjects or {}).values()) if subject != ">" else info.state.messages
+        if not total:
+            return []
+        sub = await js.pull_subscribe(subject, stream=stream)
+        msgs: list = []
+        while len(msgs) < total:
+            batch = await sub.fetch(min(1000, total - len(msgs)), timeout=5)
+            for m in batch:
+                await m.ack()
+            msgs.extend(batch)
+        await sub.unsubscribe()
+        return msgs
+
+    return await asyncio.wait_for(run(), timeout_s)
+
+
+def coinbase_frames_events() -> list[tuple[int, list]]:
+    """(recv_ns, events) of every match/last_match/ticker frame of the recorded Coinbase session."""
+    adapter = CoinbaseAdapter()
+    out = []
+    for recv_ns, raw in open_recorded(shared_file("ws/coinbase.ws.txt")).frames():
+        if '"type":"match"' in raw or '"type":"last_match"' in raw or '"type":"ticker"' in raw:
+            out.append((recv_ns, adapter.parse(raw, recv_ns)))
+    assert out, "no trade or ticker frames parsed from coinbase.ws.txt"
+    return out
+
+
+def decode_md(msgs) -> tuple[list[TradeBatch], list[QuoteBatch]]:
+    trades, quotes = [], []
+    for m in msgs:
+        batch = CODEC.decode(m.data)
+        assert m.headers[HDR_SCHEMA] == str(SCHEMA_VERSION)
+        assert m.headers[HDR_MSG_ID].startswith(f"{batch.venue}.")
+        assert subjects.parse(m.subject).symbol == batch.symbol
+        (trades if isinstance(batch, TradeBatch) else quotes).append(batch)
+    return trades, quotes
+
+
+@pytest.fixture
+async def js(nc):
+    js = nc.jetstream()
+    await ensure(js, StreamsConfig(), consumers=False)
+    return js
+
+
+async def publish_all(js, frames, **kwargs) -> BatchPublisher:
+    pub = BatchPublisher(js, "coinbase", **kwargs)
+    async with pub:
+        for recv_ns, events in frames:
+            await pub.add(events, recv_ns)
+    return pub
+
+
+async def test_batches_hold_every_event_with_headers_and_max_batch(js):
+    frames = coinbase_frames_events()
+    pub = await publish_all(js, frames, max_batch=7, flush_clock="recv")
+    expect_trades = [ev for _, evs in frames for ev in evs if isinstance(ev, Trade)]
+    expect_quotes = [ev for _, evs in frames for ev in evs if isinstance(ev, Quote)]
+
+    trades, quotes = decode_md(await read_stream(js, MD_STREAM))
+    assert all(len(b) <= 7 for b in trades + quotes)
+    got_ids = sorted(int(i) for b in trades for i in b.columns()["trade_id"])
+    assert got_ids == sorted(ev.trade_id for ev in expect_trades)
+    assert sum(len(b) for b in quotes) == len(expect_quotes)
+    # Columns keep the events' values per symbol, in arrival order.
+    for sym in {ev.symbol for ev in expect_trades}:
+        cols = [b.columns() for b in trades if b.symbol == sym]
+        px = np.concatenate([c["px"] for c in cols])
+        assert px.tolist() == [ev.px for ev in expect_trades if ev.symbol == sym]
+        assert np.concatenate([c["side"] for c in cols]).tolist() == [ev.side for ev in expect_trades
+                                                                      if ev.symbol == sym]
+    s = pub.stats
+    assert (s.events, s.trades, s.quotes) == (len(expect_trades) + len(expect_quotes), len(expect_trades),
+                                              len(expect_quotes))
+    assert s.batches == len(trades) + len(quotes) and s.publish_errors == 0 and pub.pending == 0
+
+
+async def test_republishing_the_same_events_stores_nothing_new(js):
+    frames = coinbase_frames_events()
+    first = await publish_all(js, frames, flush_clock="recv")
+    stored = (await js.stream_info(MD_STREAM)).state.messages
+    second = await publish_all(js, frames, flush_clock="recv")
+    assert (await js.stream_info(MD_STREAM)).state.messages == stored
+    assert second.stats.batches == first.stats.batches == stored
+    assert second.stats.duplicates == stored
+
+
+async def test_buffers_flush_by_wall_clock_age_without_more_input(js):
+    trade = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    async with BatchPublisher(js, "coinbase", flush_ms=10, flush_clock="wall") as pub:
+        await pub.add([trade], trade.ts_ns)
+
+        async def wait_stored():
+            while (await js.stream_info(MD_STREAM)).state.messages < 1:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(wait_stored(), WAIT_S)
+        assert pub.stats.batches == 1
+
+
+async def test_drop_overflow_is_counted_and_dead_lettered(js):
+    frames = coinbase_frames_events()
+    # Nothing yields to the event loop between adds, so no ack drains: the bound is hit at once.
+    pub = BatchPublisher(js, "coinbase", max_pending_events=10, overflow="drop", flush_clock="recv")
+    async with pub:
+        accepted = 0
+        for recv_ns, events in frames:
+            accepted += await pub.add(events, recv_ns)
+    total = sum(len(evs) for _, evs in frames)
+    s = pub.stats
+    assert s.overflow_dropped > 0 and accepted == 10 and s.events == accepted
+    assert accepted + s.overflow_dropped == total
+
+    trades, quotes = decode_md(await read_stream(js, MD_STREAM))
+    assert sum(len(b) for b in trades + quotes) == accepted
+    dlq = await read_stream(js, DLQ_STREAM)
+    summaries = [CODEC.decode(m.data) for m in dlq if m.headers[HDR_REASON].startswith("overflow")]
+    assert summaries and all(isinstance(d, DeadLetter) for d in summaries)
+    assert sum(int(d.detail.split()[1]) for d in summaries) == s.overflow_dropped
+
+
+async def test_block_overflow_waits_and_loses_nothing(js):
+    frames = coinbase_frames_events()
+    pub = await publish_all(js, frames, max_batch=3, max_pending_events=5, overflow="block", flush_clock="recv")
+    trades, quotes = decode_md(await read_stream(js, MD_STREAM))
+    total = sum(len(evs) for _, evs in frames)
+    assert sum(len(b) for b in trades + quotes) == total
+    assert pub.stats.overflow_dropped == 0 and pub.stats.events == total
+
+
+async def test_unencodable_events_are_dead_lettered_and_the_rest_published(js):
+    good = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    huge_id = good._replace(trade_id=2**70)
+    no_symbol = good._replace(symbol="", trade_id=2)
+    async with BatchPublisher(js, "coinbase", flush_clock="recv") as pub:
+        await pub.add([good, huge_id, no_symbol, good._replace(trade_id=3)], good.ts_ns)
+    trades, _ = decode_md(await read_stream(js, MD_STREAM))
+    assert sorted(int(i) for b in trades for i in b.columns()["trade_id"]) == [1, 3]
+    dls = [CODEC.decode(m.data) for m in await read_stream(js, DLQ_STREAM)]
+    assert len(dls) == 2 and all(d.reason.startswith("unencodable event") for d in dls)
+    assert pub.stats.rejected == 2 and pub.pending == 0
+
+
+async def test_dead_letter_has_reason_header_and_deterministic_id(js):
+    async with BatchPublisher(js, "coinbase") as pub:
+        for _ in range(2):
+            assert await pub.dead_letter("bad price: px=-1.0\r\nsecond line", '{"x":1}', 5, symbol="BTC-USD")
+    msgs = await read_stream(js, DLQ_STREAM, subjects.dlq("edge", "coinbase"))
+    assert len(msgs) == 1  # the same input twice is stored once
+    assert msgs[0].headers[HDR_REASON] == "bad price: px=-1.0 second line"
+    dl = CODEC.decode(msgs[0].data)
+    assert (dl.reason, dl.raw, dl.recv_ns, dl.symbol, dl.venue) == (
+        "bad price: px=-1.0\r\nsecond line", b'{"x":1}', 5, "BTC-USD", "coinbase")
+
+
+async def test_publish_failures_are_counted_retried_and_bounded(nc):
+    # No stream captures md.>: every publish gets "no responders", the loop must not crash.
+    pub = BatchPublisher(nc.jetstream(), "coinbase", flush_clock="recv", max_attempts=3, ack_timeout_s=1.0)
+    trade = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    await pub.add([trade, trade._replace(trade_id=2)], trade.ts_ns)
+    await asyncio.wait_for(pub.close(), WAIT_S)
+    s = pub.stats
+    assert s.publish_errors == 3 and s.publish_failed == 2 and s.batches == 0
+    assert "NoStreamResponse" in s.last_error and pub.pending == 0
