@@ -4,7 +4,10 @@ edge parse -> JetStream -> bar worker -> bars, with a baseline for every stage r
 Stages (each prints events/s and a ratio against its baseline):
   A  edge parse + validate, CPU only            baseline: stdlib json.loads of the same frames
   B  edge parse + validate + batch + publish     baseline: one awaited js.publish per event
-  C  bar worker: MD stream -> bars on BARS       baseline: per-trade Python aggregation
+  C  bar worker: MD stream -> bars on BARS       baseline: a naive worker (per-trade Python loop,
+                                                 one awaited publish per bar, one ack per message)
+  C' the same worker on the same trades with every time gap divided by --compress (a busy market:
+     the recordings are sparse, ~1.2 bars per trade, so stage C mostly measures bar publishing)
   D  latency, paced live run (worker in its own process): edge receive of the trade that closes a
      1s bar (its watermark crossing) -> that bar arriving at a subscriber; p50/p99.
 
@@ -117,6 +120,41 @@ async def stage_b(js, sources: list[Source], loops: int) -> dict:
     return {"events": events, "ours": ours, "baseline": baseline}
 
 
+async def naive_worker(js, max_msgs: int) -> float:
+    """Baseline: the straightforward worker. Per trade, in Python, update the bar of each timeframe;
+    publish each bar that closes with an awaited js.publish; ack each message. Returns trades/s."""
+    from nats.js.api import StreamConfig
+    await js.add_stream(StreamConfig(name="NAIVE", subjects=["naive.>"]))
+    sub = await js.pull_subscribe("md.*.trade.>", stream=streams.MD_STREAM)
+    open_bars: dict[tuple, list] = {}
+    n = done = 0
+    t0 = time.perf_counter()
+    while done < max_msgs:
+        try:
+            msgs = await sub.fetch(min(64, max_msgs - done), timeout=1)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            break
+        for msg in msgs:
+            batch = CODEC.decode(msg.data)
+            c = batch.columns()
+            for ts, px, qty in zip(c["ts_ns"].tolist(), c["px"].tolist(), c["qty"].tolist()):
+                for tf, tf_ns in TIMEFRAME_NS.items():
+                    key = (batch.venue, batch.symbol, tf)
+                    start = ts - ts % tf_ns
+                    bar = open_bars.get(key)
+                    if bar is not None and bar[0] != start:
+                        await js.publish(f"naive.{tf}", json.dumps(bar).encode())
+                        bar = None
+                    if bar is None:
+                        open_bars[key] = [start, px, px, px, px, qty]
+                    else:
+                        bar[2], bar[3], bar[4], bar[5] = max(bar[2], px), min(bar[3], px), px, bar[5] + qty
+                n += 1
+            await msg.ack()
+            done += 1
+    return n / (time.perf_counter() - t0)
+
+
 async def stage_c(js, cfg: WorkerConfig) -> dict:
     info = await js.stream_info(streams.MD_STREAM)
     worker = BarWorker(js, cfg)
@@ -128,25 +166,55 @@ async def stage_c(js, cfg: WorkerConfig) -> dict:
     elapsed = time.perf_counter() - t0
     stop.set()
     await task
-    # Baseline: aggregate a subset of the same trades one by one in Python.
-    sub = await js.pull_subscribe("md.*.trade.>", stream=streams.MD_STREAM)
-    msgs = await sub.fetch(200, timeout=5)
-    cols = [CODEC.decode(m.data).columns() for m in msgs]
-    t0 = time.perf_counter()
-    n = 0
-    for c in cols:
-        for tf_ns in TIMEFRAME_NS.values():
-            bars = {}
-            for ts, px, qty in zip(c["ts_ns"].tolist(), c["px"].tolist(), c["qty"].tolist()):
-                b = bars.get(ts - ts % tf_ns)
-                if b is None:
-                    bars[ts - ts % tf_ns] = [px, px, px, px, qty]
-                else:
-                    b[1], b[2], b[3], b[4] = max(b[1], px), min(b[2], px), px, b[4] + qty
-        n += len(c["ts_ns"])
-    baseline = n / (time.perf_counter() - t0)
+    baseline = await naive_worker(js, max_msgs=300)
     return {"events": worker.stats.trades, "bars": worker.stats.bars, "ours": worker.stats.trades / elapsed,
             "bars_s": worker.stats.bars / elapsed, "baseline": baseline}
+
+
+def dense_batches(sources: list[Source], events: int, compress: float, batch: int = 500) -> list[TradeBatch]:
+    """The recorded trades, looped, every gap divided by ``compress``, in batches per series."""
+    per_series: dict[tuple, list[tuple]] = defaultdict(list)
+    for src in sources:
+        for recv_ns, raw in src.frames:
+            for ev in process_frame(src.adapter, raw, recv_ns, None).events:
+                if isinstance(ev, Trade):
+                    per_series[(src.adapter.venue, ev.symbol, src.span_ns)].append(ev)
+    out = []
+    n_trades = sum(len(v) for v in per_series.values())
+    loops = -(-events // n_trades)
+    for (venue, symbol, span_ns), trades in per_series.items():
+        t0 = min(t.ts_ns for t in trades)
+        ts = np.array([t.ts_ns - t0 for t in trades], dtype=np.float64) / compress
+        cols = dict(px=[t.px for t in trades], qty=[t.qty for t in trades], side=[t.side for t in trades])
+        ids = np.array([t.trade_id for t in trades], dtype=np.int64)
+        ts_ns = np.concatenate([(t0 + ts + loop * span_ns / compress).astype(np.int64) for loop in range(loops)])
+        trade_id = np.concatenate([ids + loop * LOOP_ID_OFFSET for loop in range(loops)])
+        px, qty, side = (np.tile(np.asarray(cols[k]), loops) for k in ("px", "qty", "side"))
+        for lo in range(0, len(ts_ns), batch):
+            sl = slice(lo, lo + batch)
+            out.append(TradeBatch.from_columns(venue, symbol, ts_ns=ts_ns[sl], recv_ns=ts_ns[sl], px=px[sl],
+                                               qty=qty[sl], side=side[sl], trade_id=trade_id[sl]))
+    return out
+
+
+async def stage_c_dense(batches: list[TradeBatch]) -> dict:
+    from core import subjects
+    from core.schema import HDR_MSG_ID, batch_msg_id
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await streams.ensure(js, StreamsConfig(md_max_bytes=16 * 1024**3))
+        futures = []
+        for b in batches:
+            futures.append(await js.publish_async(subjects.md(b.venue, "trade", b.symbol), CODEC.encode(b),
+                                                  headers={HDR_MSG_ID: batch_msg_id("trade", b)}))
+            if len(futures) >= 1000:
+                await asyncio.gather(*futures)
+                futures = []
+        await asyncio.gather(*futures)
+        result = await stage_c(js, WorkerConfig(fetch_batch=256))
+        await nc.close()
+    return result
 
 
 async def stage_d(sources: list[Source], rate: float, seconds: float, lateness_ms: float) -> dict:
@@ -225,7 +293,8 @@ async def stage_d(sources: list[Source], rate: float, seconds: float, lateness_m
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=2_000_000, help="events through stages A-C (default 2M)")
-    ap.add_argument("--latency-rate", type=float, default=20_000, help="events/s offered in stage D")
+    ap.add_argument("--compress", type=float, default=1000.0, help="time compression of stage C' (default 1000)")
+    ap.add_argument("--latency-rate", type=float, default=5_000, help="events/s offered in stage D")
     ap.add_argument("--latency-s", type=float, default=10.0, help="duration of stage D")
     args = ap.parse_args()
     sources = [Source(rel) for rel in SOURCES]
@@ -243,13 +312,16 @@ async def main() -> None:
         b = await stage_b(js, sources, loops)
         rows.append(("B edge parse+publish", b["events"], b["ours"], "awaited publish/event", b["baseline"]))
         c = await stage_c(js, WorkerConfig(fetch_batch=256))
-        rows.append(("C worker trades->bars", c["events"], c["ours"], "per-trade Python", c["baseline"]))
+        rows.append(("C worker trades->bars", c["events"], c["ours"], "naive worker", c["baseline"]))
         await nc.close()
-    print(f"{'stage':26s} {'events':>11s} {'events/s':>12s}   {'baseline':22s} {'baseline/s':>11s} {'ratio':>7s}")
+    cd = await stage_c_dense(dense_batches(sources, args.events, args.compress))
+    rows.append((f"C' worker, gaps /{args.compress:g}", cd["events"], cd["ours"], "naive worker", cd["baseline"]))
+    print(f"\n{'stage':26s} {'events':>11s} {'events/s':>12s}   {'baseline':22s} {'baseline/s':>11s} {'ratio':>7s}")
     for name, n, ours, base_name, base in rows:
         print(f"{name:26s} {n:11,d} {ours:12,.0f}   {base_name:22s} {base:11,.0f} {ours / base:6.1f}x")
-    print(f"\nworker published {c['bars']:,} bars ({c['bars_s']:,.0f} bars/s); "
-          f"{c['bars'] / max(c['events'], 1):.2f} bars per trade at 5 timeframes")
+    for name, r in (("C", c), ("C'", cd)):
+        print(f"{name}: worker published {r['bars']:,} bars ({r['bars_s']:,.0f} bars/s), "
+              f"{r['bars'] / max(r['events'], 1):.3f} bars per trade at 5 timeframes")
     d = await stage_d(sources, args.latency_rate, args.latency_s, WorkerConfig().lateness_ms)
     print(f"\nD latency, paced at {d['rate']:,.0f} events/s for {args.latency_s:g} s, worker in its own process: "
           f"closing trade received at the edge -> 1s bar at a subscriber: p50 {d['p50_ms']:.1f} ms, "

@@ -26,13 +26,14 @@ import time
 import msgspec
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from core import streams, subjects
+from core._jspublish import AckedPublisher
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
-from core.errors import SchemaError
+from core.errors import SchemaError, TickmeshError
 from core.schema import (CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, TradeBatch,
                          bar_msg_id)
 
@@ -41,6 +42,7 @@ __all__ = ["WorkerStats", "BarWorker", "register"]
 log = logging.getLogger("tickmesh.worker")
 
 METRICS_SUBJECT = "tickmesh.metrics.worker"
+_SCHEMA = str(SCHEMA_VERSION)
 
 
 class _Snapshot(msgspec.Struct, array_like=True):
@@ -72,6 +74,8 @@ class BarWorker:
 
     def __init__(self, js: JetStreamContext, cfg: WorkerConfig, name: str = streams.BARS_WORKER) -> None:
         self.js = js
+        self._out = AckedPublisher(js._nc)  # nats-py keeps the connection of a context private
+        self._bar_subjects: dict[tuple[str, str, str], str] = {}
         self.cfg = cfg
         self.name = name
         self.stats = WorkerStats()
@@ -85,6 +89,8 @@ class BarWorker:
     async def on_start(self) -> None:
         """Restores the last snapshot and binds a consumer that starts right after it."""
         self._kv = await self.js.key_value(streams.STATE_BUCKET)
+        await self._out.close()
+        await self._out.start()
         start_seq = 0
         try:
             entry = await self._kv.get(self._state_key)
@@ -92,7 +98,7 @@ class BarWorker:
             self._builder = BarBuilder.restore(snap.builder)
             start_seq = snap.last_seq
         except KeyNotFoundError:
-            pass
+            self._builder = BarBuilder(list(self.cfg.timeframes), lateness_ns=int(self.cfg.lateness_ms * 1e6))
         self.stats.last_seq = self.stats.restored_seq = start_seq
         # Whatever the consumer had delivered or acked, the snapshot is the truth: start after it.
         try:
@@ -101,7 +107,7 @@ class BarWorker:
             pass
         base = streams.consumer_configs()[streams.BARS_WORKER][1]
         config = ConsumerConfig(
-            durable_name=self.name, ack_policy=AckPolicy.EXPLICIT, filter_subject=base.filter_subject,
+            durable_name=self.name, ack_policy=base.ack_policy, filter_subject=base.filter_subject,
             ack_wait=base.ack_wait, max_ack_pending=base.max_ack_pending,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
             opt_start_seq=start_seq + 1 if start_seq else None)
@@ -122,50 +128,52 @@ class BarWorker:
                 msgs = await self._sub.fetch(self.cfg.fetch_batch, timeout=0.25)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
-            await self.on_chunk(msgs)
+            try:
+                await self.on_chunk(msgs)
+            except (TickmeshError, nats.errors.Error) as exc:
+                # Nothing of this chunk was acked: start over from the last snapshot.
+                log.warning("chunk failed (%s); resuming from the last snapshot", exc)
+                await asyncio.sleep(1.0)
+                await self.on_start()
 
     async def on_chunk(self, msgs: list) -> None:
         """Handles one fetched chunk: bars out, acks in, snapshot in between."""
-        pending = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             if seq <= self.stats.last_seq:
                 continue  # redelivered and already in the snapshot
-            pending.extend(await self.on_trades(msg))
+            await self.on_trades(msg)
             self.stats.last_seq = seq
             self.stats.messages += 1
-        if pending:
-            await asyncio.gather(*pending)
+        await self._out.wait()
         snap = _Snapshot(self.stats.last_seq, self._builder.snapshot())
         await self._kv.put(self._state_key, msgspec.msgpack.encode(snap))
-        for msg in msgs:
-            await msg.ack()
+        if msgs:
+            await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the whole chunk
 
-    async def on_trades(self, msg) -> list[asyncio.Future]:
+    async def on_trades(self, msg) -> None:
         """Feeds one message to the bar builder and publishes what it closed and what came late."""
-        futures = []
         try:
             batch = CODEC.decode(msg.data)
             if not isinstance(batch, TradeBatch):
                 raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
             batch.columns()  # validates column lengths before the builder sees them
         except SchemaError as exc:
-            futures.append(await self._dead_letter(msg, str(exc), msg.data))
-            return futures
+            await self._dead_letter(msg, str(exc), msg.data)
+            return
         self.stats.trades += len(batch)
         bars, late = self._builder.update(batch), self._builder.late_trades()
         for bar in bars:
-            futures.append(await self.js.publish_async(
-                subjects.bar(bar.tf, bar.venue, bar.symbol), CODEC.encode(bar),
-                headers={HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: str(SCHEMA_VERSION)}))
+            key = (bar.tf, bar.venue, bar.symbol)
+            subject = self._bar_subjects.get(key) or self._bar_subjects.setdefault(key, subjects.bar(*key))
+            await self._out.publish(subject, CODEC.encode(bar), {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA})
         self.stats.bars += len(bars)
         for i, entry in enumerate(late):
             self.stats.late_trades += len(entry.trades)
             reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"
-            futures.append(await self._dead_letter(msg, reason, CODEC.encode(entry.trades), tag=f"{entry.tf}.{i}"))
-        return futures
+            await self._dead_letter(msg, reason, CODEC.encode(entry.trades), tag=f"{entry.tf}.{i}")
 
-    async def _dead_letter(self, msg, reason: str, raw: bytes, tag: str = "") -> asyncio.Future:
+    async def _dead_letter(self, msg, reason: str, raw: bytes, tag: str = "") -> None:
         self.stats.dead_letters += 1
         try:
             venue = subjects.parse(msg.subject).venue
@@ -173,9 +181,8 @@ class BarWorker:
             venue = "unknown"
         letter = DeadLetter("worker", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=msg.subject)
         seq = msg.metadata.sequence.stream
-        return await self.js.publish_async(
-            subjects.dlq("worker", venue), CODEC.encode(letter),
-            headers={HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: str(SCHEMA_VERSION)})
+        await self._out.publish(subjects.dlq("worker", venue), CODEC.encode(letter),
+                                {HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
 
     async def lag(self) -> int:
         """Messages in the stream not yet delivered to this worker."""

@@ -79,7 +79,10 @@ class NatsServer:
                "-p", str(self.port), "-m", str(self.monitor_port)]
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # Own session: a Ctrl-C meant for tickmesh must not stop the server before the
+            # components that still flush into it.
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()

@@ -53,13 +53,14 @@ def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
 def consumer_configs() -> dict[str, tuple[str, ConsumerConfig]]:
     """Durable pull consumers by name: (stream, config)."""
 
-    def durable(name: str, subject: str) -> ConsumerConfig:
+    def durable(name: str, subject: str, ack_policy: AckPolicy = AckPolicy.EXPLICIT) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=name, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            durable_name=name, ack_policy=ack_policy, deliver_policy=DeliverPolicy.ALL,
             filter_subject=subject, ack_wait=30.0, max_ack_pending=20_000)
 
     return {
-        BARS_WORKER: (MD_STREAM, durable(BARS_WORKER, "md.*.trade.>")),
+        # One owner processing in stream order: acking the last message of a chunk acks it all.
+        BARS_WORKER: (MD_STREAM, durable(BARS_WORKER, "md.*.trade.>", AckPolicy.ALL)),
         SINK_MD: (MD_STREAM, durable(SINK_MD, "md.>")),
         SINK_BARS: (BARS_STREAM, durable(SINK_BARS, "bar.>")),
         SINK_DLQ: (DLQ_STREAM, durable(SINK_DLQ, "dlq.>")),

@@ -147,7 +147,8 @@ class Supervisor:
                                      self.cfg.nats.monitor_port, log_file=self.log_dir / "nats.log")
             self.server.start(self.cfg.nats.ready_timeout_s)
             print_fn(f"nats-server ready at {self.server.url} (JetStream in {self.cfg.nats_store_dir})")
-        nc = await nats.connect(self.url, name="tickmesh-up", max_reconnect_attempts=-1)
+        nc = await nats.connect(self.url, name="tickmesh-up", max_reconnect_attempts=-1,
+                                error_cb=self._on_nats_error)
         try:
             for line in await streams.ensure(nc.jetstream(), self.cfg.streams):
                 print_fn(f"  {line}")
@@ -181,6 +182,10 @@ class Supervisor:
             if self.server:
                 self.server.stop()
             print_fn("stopped; data kept in " + str(self.data_dir))
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        # Reconnects are nats-py's job; one line instead of its traceback.
+        print(f"nats: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     async def _on_metrics(self, msg) -> None:
         self.status.on_metrics(msg.subject, msg.data)
