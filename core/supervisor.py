@@ -68,7 +68,7 @@ class Component:
             self._next_start = 0.0
             self.restarts += 1
             self.start()
-            return f"{self.name} restarted (restart #{self.restarts})"
+            return f"{self.name} restarted (restart #{self.restarts}, pid {self.proc.pid})"
         return None
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -161,6 +161,7 @@ class Supervisor:
             ]
             for comp in self.components:
                 comp.start()
+                print_fn(f"  {comp.name}: pid {comp.proc.pid}, log {comp.log_path}")
             print_fn(f"dashboard: http://{self.cfg.api.host}:{self.cfg.api.port}/   logs: {self.log_dir}"
                      "   Ctrl-C stops")
             while not stop.is_set():

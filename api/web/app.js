@@ -84,6 +84,10 @@ function createChart() {
   });
 }
 
+// A short timeframe by default, so a fresh mesh shows candles within seconds.
+const DEFAULT_TIMEFRAME = "5s";
+const SYMBOLS_RETRY_MS = 2000;
+
 async function getJSON(url) {
   const resp = await fetch(url);
   const body = await resp.json().catch(() => ({}));
@@ -101,7 +105,7 @@ async function loadSymbols() {
   ui.timeframe.replaceChildren(...data.timeframes.map((tf) => new Option(tf, tf)));
   if (wanted[0] && wanted[1]) ui.series.value = `${wanted[0]}\u0000${wanted[1]}`;
   ui.timeframe.value = data.timeframes.includes(params.get("timeframe")) ? params.get("timeframe")
-    : (data.timeframes.includes("1m") ? "1m" : data.timeframes[0]);
+    : (data.timeframes.includes(DEFAULT_TIMEFRAME) ? DEFAULT_TIMEFRAME : data.timeframes[0]);
   return pairs.length;
 }
 
@@ -186,9 +190,11 @@ async function main() {
     setStatus(`could not load symbols: ${err.message}`, "error", 0);
     return;
   }
-  if (!count) {
-    setStatus("no symbols stored yet: start a collector (tickmesh up) and reload", "empty", 0);
-    return;
+  // Right after `tickmesh up` the sink may not have stored a trade yet: keep asking.
+  while (!count) {
+    setStatus("no symbols stored yet: waiting for the first trades (is a collector running?)", "empty", 0);
+    await new Promise((resolve) => setTimeout(resolve, SYMBOLS_RETRY_MS));
+    count = await loadSymbols().catch(() => 0);
   }
   ui.series.onchange = ui.timeframe.onchange = () => show();
   await show();
