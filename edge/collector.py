@@ -1,7 +1,8 @@
 """The collector loop: frames -> adapter.parse -> validate -> batching publisher.
 
-One loop serves live sockets and file replays alike, so a replay exercises exactly the live code
-path. Every frame ends up counted: as events, as a control frame, as empty, or as a dead letter
+Parse and validation are :func:`edge.validate.process_frame`, the very step the offline readers
+run, so live collection, replays and ``tickmesh bars`` see the same events and dead-letter
+reasons. One loop serves live sockets and file replays alike. Every frame ends up counted: as events, as a control frame, as empty, or as a dead letter
 with the reason; an unexpected exception dead-letters the frame as an internal error and the loop
 goes on.
 """
@@ -13,7 +14,7 @@ import traceback
 from typing import AsyncIterable, Iterable
 
 from edge.adapters.base import Adapter
-from edge.metrics import EdgeStats, publish_metrics
+from edge.metrics import EdgeStats, publish_metrics, publish_snapshot
 from edge.publisher import BatchPublisher
 from edge.validate import process_frame
 
@@ -27,7 +28,7 @@ _TRACE_MAX_CHARS = 2000
 
 async def collect(frames: AsyncIterable[tuple[int, str | bytes]] | Iterable[tuple[int, str | bytes]],
                   adapter: Adapter, publisher: BatchPublisher, *, max_skew_ns: int | None,
-                  metrics_nc=None, metrics_interval_s: float = 1.0) -> EdgeStats:
+                  metrics_nc=None, metrics_interval_s: float | None = 1.0) -> EdgeStats:
     """Collects every frame of ``frames`` into ``publisher`` until the source ends.
 
     Does not close the publisher (a looped replay collects several times into one); call
@@ -40,7 +41,10 @@ async def collect(frames: AsyncIterable[tuple[int, str | bytes]] | Iterable[tupl
         max_skew_ns: largest allowed distance between exchange and receive time; None for
             historical files.
         metrics_nc: connection for the JSON metrics snapshot on ``tickmesh.metrics.edge.<venue>``
-            every ``metrics_interval_s``; None uses the publisher's JetStream connection.
+            every ``metrics_interval_s`` and at the end; None uses the publisher's JetStream
+            connection.
+        metrics_interval_s: None publishes no snapshots (a caller that collects many times,
+            like a looped replay, runs :func:`edge.metrics.publish_metrics` itself).
 
     Returns:
         The publisher's stats, which this loop also updates (frames, rejected, ...).
@@ -48,7 +52,7 @@ async def collect(frames: AsyncIterable[tuple[int, str | bytes]] | Iterable[tupl
     stats = publisher.stats
     nc = metrics_nc if metrics_nc is not None else getattr(publisher.js, "_nc", None)
     metrics_task = None
-    if nc is not None:
+    if nc is not None and metrics_interval_s is not None:
         metrics_task = asyncio.create_task(publish_metrics(nc, publisher.venue, stats, metrics_interval_s),
                                            name=f"metrics-{publisher.venue}")
     publisher.start()
@@ -70,6 +74,7 @@ async def collect(frames: AsyncIterable[tuple[int, str | bytes]] | Iterable[tupl
                 await metrics_task
             except asyncio.CancelledError:
                 pass
+            await publish_snapshot(nc, publisher.venue, stats)  # the final figures
     return stats
 
 

@@ -11,7 +11,7 @@ import time
 
 import msgspec
 
-__all__ = ["METRICS_PREFIX", "EdgeStats", "metrics_subject", "publish_metrics"]
+__all__ = ["METRICS_PREFIX", "EdgeStats", "metrics_subject", "publish_metrics", "publish_snapshot"]
 
 METRICS_PREFIX = "tickmesh.metrics.edge"
 
@@ -81,11 +81,15 @@ async def publish_metrics(nc, venue: str, stats: EdgeStats, interval_s: float = 
         stats: the live counters.
         interval_s: seconds between snapshots.
     """
-    subject = metrics_subject(venue)
-    encode = msgspec.json.Encoder().encode
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            await nc.publish(subject, encode(stats.snapshot()))
-        except Exception:  # noqa: BLE001 - a lost snapshot is harmless; the next one follows
-            continue
+        await publish_snapshot(nc, venue, stats)
+
+
+async def publish_snapshot(nc, venue: str, stats: EdgeStats) -> bool:
+    """Publishes one snapshot now; False if it could not be sent (harmless: the next one follows)."""
+    try:
+        await nc.publish(metrics_subject(venue), msgspec.json.encode(stats.snapshot()))
+    except Exception:  # noqa: BLE001 - connection lost or closed: metrics never stop the collector
+        return False
+    return True

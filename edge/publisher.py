@@ -13,8 +13,8 @@ A buffer is sealed into a :class:`~core.schema.TradeBatch`/``QuoteBatch`` when i
 * ``flush_clock="wall"`` (live): receive times too, plus a background timer on the local monotonic
   clock so that a quiet symbol's last events do not wait for the next frame.
 
-Memory is bounded by ``max_pending_events``: events (and dead letters, one unit each) that were
-accepted but not yet acknowledged by JetStream. Beyond it the overflow policy applies, counted in
+Memory is bounded by ``max_pending_events``: events (and dead letters, one unit plus one per KiB
+of raw input) that were accepted but not yet acknowledged by JetStream. Beyond it the overflow policy applies, counted in
 the stats: ``"block"`` makes :meth:`add` wait until acks drain (file replays: nothing is lost);
 ``"drop"`` refuses the newest events at once (live sockets must never block), counts them in
 ``overflow_dropped`` and publishes one summarizing dead letter per flush period.
@@ -29,7 +29,9 @@ later batches of its symbol; consumers order by event time. What still fails is 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import itertools
 import hashlib
 import time
 from typing import Iterable, Literal
@@ -60,6 +62,14 @@ _KINDS = {Trade: "trade", Quote: "quote"}
 _UNENCODABLE = (SubjectError, SchemaError, OverflowError, ValueError, TypeError, KeyError)
 
 
+def _dead_letter_units(dl: DeadLetter) -> int:
+    """What a dead letter counts against ``max_pending_events``: 1, plus 1 per KiB of raw input.
+
+    A flood of large unparseable frames must be bounded in bytes, not just in count.
+    """
+    return 1 + len(dl.raw) // 1024
+
+
 async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
     """Waits for ``event`` at most ``timeout_s``; True if it is set.
 
@@ -75,15 +85,20 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
 
 
 class _Buffer:
-    """Events of one (kind, symbol) waiting to be sealed into a batch."""
+    """Events of one (kind, symbol) waiting to be sealed into a batch.
 
-    __slots__ = ("cls", "symbol", "rows", "recv", "first_recv_ns", "first_mono_ns")
+    ``offsets`` lists (first row, time offset, trade-id offset) segments: one, unless
+    :meth:`BatchPublisher.shift` happened while the buffer was open.
+    """
 
-    def __init__(self, cls: type, symbol: str, recv_ns: int) -> None:
+    __slots__ = ("cls", "symbol", "rows", "recv", "offsets", "first_recv_ns", "first_mono_ns")
+
+    def __init__(self, cls: type, symbol: str, recv_ns: int, offsets: tuple[int, int]) -> None:
         self.cls = cls
         self.symbol = symbol
         self.rows: list[Event] = []
         self.recv: list[int] = []
+        self.offsets: list[tuple[int, int, int]] = [(0, *offsets)]
         self.first_recv_ns = recv_ns
         self.first_mono_ns = time.monotonic_ns()
 
@@ -98,7 +113,7 @@ class _Item:
         self.subject = subject
         self.payload = payload
         self.headers = headers
-        self.units = units  # events in a batch, 1 for a dead letter
+        self.units = units  # events in a batch; see _dead_letter_units for a dead letter
         self.is_batch = is_batch
         self.attempts = 0
         self.sent_mono = 0.0
@@ -164,7 +179,7 @@ class BatchPublisher:
         self._dropped_first_ns = 0
         self._ts_offset_ns = 0
         self._id_offset = 0
-        # Smallest and largest time (exchange or receive) sealed so far, before offsets.
+        # Smallest and largest time (exchange or receive) sealed so far.
         self._time_min_ns: int | None = None
         self._time_max_ns: int | None = None
 
@@ -187,7 +202,7 @@ class BatchPublisher:
 
     @property
     def time_range_ns(self) -> tuple[int, int] | None:
-        """(min, max) over every exchange and receive time sealed so far, before offsets."""
+        """(min, max) over every exchange and receive time sealed into a batch so far."""
         if self._time_min_ns is None:
             return None
         return self._time_min_ns, self._time_max_ns
@@ -212,9 +227,9 @@ class BatchPublisher:
         n = len(events)
         if not n:
             return 0
-        if self._closed:
-            raise RuntimeError("BatchPublisher is closed")
-        if self._task is None:
+        if self._task is None or self._closed:
+            if self._closed:
+                raise RuntimeError("BatchPublisher is closed")
             self.start()
         if self._pending + n > self.max_pending_events:
             if self.overflow == "drop":
@@ -228,31 +243,60 @@ class BatchPublisher:
                 await self._wait_for_room(n)
         self._pending += n
         self.stats.events += n
+        if self._ts_offset_ns:
+            recv_ns += self._ts_offset_ns  # ages and the recv_ns column use the shifted time
         if recv_ns - self._oldest_recv_ns >= self.flush_ns and self._buffers:
             self._seal_aged(recv_ns - self.flush_ns, None)
-        buffers = self._buffers
-        max_batch = self.max_batch
-        key = buf = rows = None
-        full = False
+            await self._pump()
+        first = events[0]
+        cls, symbol = first.__class__, first[0]
+        if n == 1:
+            # One event per frame is common (Coinbase, Binance, sim): the shortest path.
+            buf = self._buffers.get((cls, symbol))
+            if buf is not None and len(buf.rows) < self.max_batch - 1:
+                buf.rows.append(first)
+                buf.recv.append(recv_ns)
+                return 1
+            if self._append(cls, symbol, events, recv_ns):
+                await self._pump()
+            return 1
+        sealed = False
+        # Nearly every frame holds one kind of one symbol: check that with a tight loop, then
+        # append the whole list at C speed. Mixed frames are grouped first.
         for ev in events:
-            k = (ev.__class__, ev[0])
-            if k != key:
-                key = k
-                buf = buffers.get(k)
-                if buf is None:
-                    if not buffers:
-                        self._oldest_recv_ns = recv_ns
-                    buf = buffers[k] = _Buffer(k[0], k[1], recv_ns)
-                rows = buf.rows
-            rows.append(ev)
-            buf.recv.append(recv_ns)
-            if len(rows) >= max_batch:
-                self._seal(buf)
-                key = None  # the sealed buffer is gone; the next event opens a new one
-                full = True
-        if full:
+            if ev[0] != symbol or ev.__class__ is not cls:
+                groups: dict[tuple[type, str], list[Event]] = {}
+                for e in events:
+                    groups.setdefault((e.__class__, e[0]), []).append(e)
+                for (cls, symbol), group in groups.items():
+                    sealed |= self._append(cls, symbol, group, recv_ns)
+                break
+        else:
+            sealed = self._append(cls, symbol, events, recv_ns)
+        if sealed:
             await self._pump()
         return n
+
+    def _append(self, cls: type, symbol: str, events: list[Event], recv_ns: int) -> bool:
+        """Appends events of one (kind, symbol); True if a buffer filled up and was sealed."""
+        key = (cls, symbol)
+        sealed = False
+        while events:
+            buf = self._buffers.get(key)
+            if buf is None:
+                if not self._buffers:
+                    self._oldest_recv_ns = recv_ns
+                buf = self._buffers[key] = _Buffer(cls, symbol, recv_ns, (self._ts_offset_ns, self._id_offset))
+            rows = buf.rows
+            room = self.max_batch - len(rows)
+            take = events if len(events) <= room else events[:room]
+            rows.extend(take)
+            buf.recv.extend(itertools.repeat(recv_ns, len(take)))
+            events = events[len(take):] if take is not events else ()
+            if len(rows) >= self.max_batch:
+                self._seal(buf)
+                sealed = True
+        return sealed
 
     async def dead_letter(self, reason: str, raw: str | bytes, recv_ns: int, symbol: str = "",
                           detail: str = "", stage: str = "edge") -> bool:
@@ -280,11 +324,12 @@ class BatchPublisher:
             raise RuntimeError("BatchPublisher is closed")
         if self._task is None:
             self.start()
-        if self._pending + 1 > self.max_pending_events:
+        units = _dead_letter_units(dl)
+        if self._pending + units > self.max_pending_events:
             if self.overflow == "drop":
                 self._count_drop((), dl.recv_ns, dead_letters=1)
                 return False
-            await self._wait_for_room(1)
+            await self._wait_for_room(units)
         self._enqueue_dead_letter(dl, ordinal)
         await self._pump()
         return True
@@ -295,15 +340,17 @@ class BatchPublisher:
             self._seal(buf)
         await self._pump()
 
-    async def shift(self, ts_offset_ns: int, trade_id_offset: int = 0) -> None:
-        """From now on adds offsets to every sealed time and trade id (for looped replays).
+    def shift(self, ts_offset_ns: int, trade_id_offset: int = 0) -> None:
+        """From now on adds offsets to the times and trade ids of added events (looped replays).
 
-        Buffers are flushed first, so each batch carries one offset. ``ts_offset_ns`` moves
-        exchange and receive times alike; trade ids wrap modulo 2**63 and stay non-negative.
+        ``ts_offset_ns`` moves exchange and receive times alike (and so the receive-time age of
+        buffers); trade ids wrap modulo 2**63 and stay non-negative. Events already added keep
+        the offsets they were added with; open buffers need not be flushed.
         """
-        await self.flush()
         self._ts_offset_ns = ts_offset_ns
         self._id_offset = trade_id_offset
+        for buf in self._buffers.values():
+            buf.offsets.append((len(buf.rows), ts_offset_ns, trade_id_offset))
 
     async def close(self) -> None:
         """Flushes everything, waits until every message is acknowledged or given up, stops.
@@ -349,7 +396,7 @@ class BatchPublisher:
         del self._buffers[key]
         try:
             subject = self._subject(key)
-            batch = self._encode(buf.cls, buf.symbol, buf.rows, buf.recv)
+            batch = self._encode(buf.cls, buf.symbol, buf.rows, np.array(buf.recv, dtype=np.int64), buf.offsets)
         except _UNENCODABLE:
             self._seal_row_by_row(buf)
             return
@@ -361,19 +408,21 @@ class BatchPublisher:
             subject = self._subject_cache[key] = subjects.md(self.venue, _KINDS[key[0]], key[1])
         return subject
 
-    def _encode(self, cls: type, symbol: str, rows: list[Event], recv: list[int]):
+    def _encode(self, cls: type, symbol: str, rows: list[Event], recv_ns, offsets) -> TradeBatch | QuoteBatch:
+        """Columns of ``rows`` as a batch; ``recv_ns`` already shifted, ``offsets`` as in _Buffer."""
         cols = list(zip(*rows))
         ts_ns = np.array(cols[1], dtype=np.int64)
-        recv_ns = np.array(recv, dtype=np.int64)
-        lo = min(int(ts_ns.min()), int(recv_ns.min()))
-        hi = max(int(ts_ns.max()), int(recv_ns.max()))
-        if self._ts_offset_ns:
-            ts_ns += self._ts_offset_ns
-            recv_ns += self._ts_offset_ns
+        if len(offsets) > 1 or offsets[0][1]:
+            bounds = [start for start, _, _ in offsets[1:]] + [len(rows)]
+            for (start, ts_off, _), end in zip(offsets, bounds):
+                ts_ns[start:end] += ts_off
         if cls is Trade:
             trade_id = np.array(cols[5], dtype=np.int64)
-            if self._id_offset:
-                trade_id = (trade_id + np.int64(self._id_offset)) & np.int64(_INT63_MASK)
+            if len(offsets) > 1 or offsets[0][2]:
+                bounds = [start for start, _, _ in offsets[1:]] + [len(rows)]
+                for (start, _, id_off), end in zip(offsets, bounds):
+                    if id_off:
+                        trade_id[start:end] = (trade_id[start:end] + np.int64(id_off)) & np.int64(_INT63_MASK)
             batch = TradeBatch.from_columns(self.venue, symbol, ts_ns=ts_ns, recv_ns=recv_ns, px=cols[2],
                                             qty=cols[3], side=cols[4], trade_id=trade_id)
         elif cls is Quote:
@@ -381,6 +430,9 @@ class BatchPublisher:
                                             bid_qty=cols[3], ask_px=cols[4], ask_qty=cols[5])
         else:
             raise TypeError(f"not an edge event: {cls.__name__}")
+        recv_arr = np.asarray(recv_ns)
+        lo = min(int(ts_ns.min()), int(recv_arr.min()))
+        hi = max(int(ts_ns.max()), int(recv_arr.max()))
         if self._time_min_ns is None:
             self._time_min_ns, self._time_max_ns = lo, hi
         else:
@@ -390,11 +442,14 @@ class BatchPublisher:
 
     def _seal_row_by_row(self, buf: _Buffer) -> None:
         """Slow path when a batch does not encode: dead-letters the rows that do not fit a column."""
-        good_rows, good_recv = [], []
-        for ev, recv_ns in zip(buf.rows, buf.recv):
+        good_rows, good_recv, good_offsets = [], [], []
+        starts = [start for start, _, _ in buf.offsets]
+        for i, (ev, recv_ns) in enumerate(zip(buf.rows, buf.recv)):
+            # The offsets segment this row was added in.
+            _, ts_off, id_off = buf.offsets[bisect.bisect_right(starts, i) - 1]
             try:
                 subject = self._subject((buf.cls, buf.symbol))
-                self._encode(buf.cls, buf.symbol, [ev], [recv_ns])
+                self._encode(buf.cls, buf.symbol, [ev], [recv_ns], [(0, ts_off, id_off)])
             except _UNENCODABLE as exc:
                 self._pending -= 1
                 self.stats.rejected += 1
@@ -402,10 +457,12 @@ class BatchPublisher:
                     stage="edge", venue=self.venue, reason=f"unencodable event: {type(exc).__name__}: {exc}",
                     raw=repr(ev).encode(), recv_ns=recv_ns, symbol=str(buf.symbol), detail=repr(ev)))
                 continue
+            if not good_offsets or good_offsets[-1][1:] != (ts_off, id_off):
+                good_offsets.append((len(good_rows), ts_off, id_off))
             good_rows.append(ev)
             good_recv.append(recv_ns)
         if good_rows:
-            self._queue_batch(subject, self._encode(buf.cls, buf.symbol, good_rows, good_recv))
+            self._queue_batch(subject, self._encode(buf.cls, buf.symbol, good_rows, good_recv, good_offsets))
 
     def _queue_batch(self, subject: str, batch: TradeBatch | QuoteBatch) -> None:
         kind = "trade" if type(batch) is TradeBatch else "quote"
@@ -432,11 +489,12 @@ class BatchPublisher:
         headers = {HDR_MSG_ID: f"dlq.{dl.stage}.{self.venue}.{digest.hexdigest()}", HDR_SCHEMA: _SCHEMA,
                    HDR_REASON: reason_hdr}
         subject = self._dlq_subject if dl.stage == "edge" else subjects.dlq(dl.stage, self.venue)
-        self._pending += 1
+        units = _dead_letter_units(dl)
+        self._pending += units
         self.stats.dead_letters += 1
         reasons = self.stats.dead_letter_reasons
         reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
-        self._ready.append(_Item(subject, payload, headers, 1, False))
+        self._ready.append(_Item(subject, payload, headers, units, False))
 
     # ------------------------------------------------------------------ overflow
 

@@ -105,7 +105,7 @@ async def test_chromium_draws_history_then_a_live_bar(api: ApiStack, tmp_path):
     with open(tmp_path / "chromium.log", "wb") as log:
         browser = subprocess.Popen(
             [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
-             f"--remote-debugging-port={port}", f"{api.base_url}/"],
+             f"--remote-debugging-port={port}", f"{api.base_url}/?timeframe=1m"],
             stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
     try:
         target = await eventually(lambda: page_target(port), "chromium's DevTools endpoint")
