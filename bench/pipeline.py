@@ -108,12 +108,16 @@ def stage_a(sources: list[Source], loops: int) -> dict:
 async def stage_b(js, sources: list[Source], loops: int) -> dict:
     t0 = time.perf_counter()
     events = 0
+    per_source = []
     for src in sources:
+        t_src = time.perf_counter()
         async with BatchPublisher(js, src.adapter.venue, flush_clock="recv", flush_ms=REPLAY_FLUSH_MS) as pub:
             for loop in range(loops):
-                await pub.shift(loop * src.span_ns, loop * LOOP_ID_OFFSET)
+                pub.shift(loop * src.span_ns, loop * LOOP_ID_OFFSET)
                 await collect(src.frames, src.adapter, pub, max_skew_ns=None)
         events += pub.stats.events
+        per_source.append((Path(src.name).name, pub.stats.events, pub.stats.events / (time.perf_counter() - t_src),
+                           pub.stats.events / max(pub.stats.batches, 1)))
     ours = events / (time.perf_counter() - t0)
     # Baseline: the naive way, one awaited publish per event, on a subset.
     base_n = 5000
@@ -121,7 +125,7 @@ async def stage_b(js, sources: list[Source], loops: int) -> dict:
     for i in range(base_n):
         await js.publish("md.bench.trade.BASE-LINE", b"x" * 40)
     baseline = base_n / (time.perf_counter() - t0)
-    return {"events": events, "ours": ours, "baseline": baseline}
+    return {"events": events, "ours": ours, "baseline": baseline, "per_source": per_source}
 
 
 async def naive_worker(js, max_msgs: int) -> float:
@@ -271,7 +275,7 @@ async def stage_d(sources: list[Source], rate: float, seconds: float, lateness_m
         while (time.time_ns() - t_start) / 1e9 < seconds:
             for src in sources:
                 pub = pubs[src.name]
-                await pub.shift(shift_ns[src.name] + loop * src.span_ns, loop * LOOP_ID_OFFSET)
+                pub.shift(shift_ns[src.name] + loop * src.span_ns, loop * LOOP_ID_OFFSET)
                 await collect(paced(src, loop), src.adapter, pub, max_skew_ns=None)
             loop += 1
         for pub in pubs.values():
@@ -323,6 +327,9 @@ async def main() -> None:
     print(f"\n{'stage':26s} {'events':>11s} {'events/s':>12s}   {'baseline':22s} {'baseline/s':>11s} {'ratio':>7s}")
     for name, n, ours, base_name, base in rows:
         print(f"{name:26s} {n:11,d} {ours:12,.0f}   {base_name:22s} {base:11,.0f} {ours / base:6.1f}x")
+    print("\nB by source:")
+    for name, n, rate, per_batch in b["per_source"]:
+        print(f"  {name:34s} {n:11,d} events {rate:11,.0f} events/s {per_batch:7.1f} events per batch")
     for name, r in (("C", c), ("C'", cd)):
         print(f"{name}: worker published {r['bars']:,} bars ({r['bars_s']:,.0f} bars/s), "
               f"{r['bars'] / max(r['events'], 1):.3f} bars per trade at 5 timeframes")

@@ -32,7 +32,7 @@ _tuple_new = tuple.__new__  # builds the event NamedTuples without a Python-leve
 DEFAULT_SYMBOLS: tuple[str, ...] = ("BTC-USD", "ETH-USD", "SOL-USD")
 # Rough starting levels so the dashboard looks plausible; unknown bases start at 100.
 _START_PX = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0, "DOGE": 0.15, "XRP": 0.6}
-_VOL_PER_EVENT = 2e-4  # log-return standard deviation per event
+_VOL_PER_EVENT = 1e-5  # log-return std per event: about 1 % an hour at the default rates
 _SPREAD = 1e-4  # relative bid-ask spread
 _SIDES = {"buy": 1, "sell": -1}
 # When the generator falls behind schedule it yields to the event loop every this many frames.
