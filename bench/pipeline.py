@@ -308,7 +308,7 @@ async def main() -> None:
     sources = [Source(rel) for rel in SOURCES]
     loops = loops_for(sources, args.events)
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
-    print(f"sources: " + ", ".join(f"{Path(s.name).name} ({len(s.frames)} frames, {s.events} events)" for s in sources))
+    print("sources: " + ", ".join(f"{Path(s.name).name} ({len(s.frames)} frames, {s.events} events)" for s in sources))
     print(f"loops: {loops} -> {loops * sum(s.events for s in sources):,} events\n")
     rows = []
     a = stage_a(sources, loops)

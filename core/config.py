@@ -90,7 +90,7 @@ class WorkerConfig(_Section):
 
     timeframes: list[str] = msgspec.field(default_factory=lambda: list(TIMEFRAME_NS))
     lateness_ms: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
-    fetch_batch: PositiveInt = 256
+    fetch_batch: PositiveInt = 1024
 
     def __post_init__(self) -> None:
         unknown = [tf for tf in self.timeframes if tf not in TIMEFRAME_NS]

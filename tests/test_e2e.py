@@ -5,7 +5,6 @@ aggregation written here."""
 import asyncio
 import csv
 import json
-from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
 

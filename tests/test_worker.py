@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from nats.js.errors import KeyNotFoundError
@@ -157,7 +158,7 @@ async def test_kill_9_mid_stream_yields_identical_bars(nc, nats_server, tmp_path
             entry = await kv.get(f"{streams.BARS_WORKER}.state")
         except KeyNotFoundError:
             return 0
-        return CODEC_seq(entry.value)
+        return msgspec.msgpack.decode(entry.value)[0]  # the snapshot's last consumed stream seq
 
     kills = 0
     for target in (last_seq // 4, last_seq // 2):
@@ -180,11 +181,6 @@ async def test_kill_9_mid_stream_yields_identical_bars(nc, nats_server, tmp_path
     assert kills == 2 and len(want) > 5000
     # The stream holds every bar exactly once: republished bars were dropped as duplicates.
     assert sorted(got, key=_key) == sorted(want, key=_key)
-
-
-def CODEC_seq(value: bytes) -> int:
-    import msgspec
-    return msgspec.msgpack.decode(value)[0]
 
 
 async def _past(snapshot_seq, target: int) -> bool:
