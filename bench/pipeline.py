@@ -220,7 +220,7 @@ async def stage_c_dense(batches: list[TradeBatch]) -> dict:
                 await asyncio.gather(*futures)
                 futures = []
         await asyncio.gather(*futures)
-        result = await stage_c(js, WorkerConfig(fetch_batch=256))
+        result = await stage_c(js, WorkerConfig())
         await nc.close()
     return result
 
@@ -319,7 +319,7 @@ async def main() -> None:
         await streams.ensure(js, StreamsConfig(md_max_bytes=16 * 1024**3))
         b = await stage_b(js, sources, loops)
         rows.append(("B edge parse+publish", b["events"], b["ours"], "awaited publish/event", b["baseline"]))
-        c = await stage_c(js, WorkerConfig(fetch_batch=256))
+        c = await stage_c(js, WorkerConfig())
         rows.append(("C worker trades->bars", c["events"], c["ours"], "naive worker", c["baseline"]))
         await nc.close()
     cd = await stage_c_dense(dense_batches(sources, args.events, args.compress))
