@@ -1,6 +1,6 @@
-"""The ``tickmesh`` command.
+"""tickmesh: a NATS JetStream edge-to-cloud mesh for real-time market data.
 
-Core's own commands are defined here. Edge and API commands are registered through the
+The ``tickmesh`` command. Core's own commands are defined here. Edge and API commands are registered through the
 ``tickmesh.commands`` entry-point group, so core never imports edge or api.
 """
 
@@ -48,7 +48,9 @@ def _schema(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tickmesh", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tickmesh", description=__doc__.splitlines()[0],
+        epilog="Start with `tickmesh up` (what `make up` runs); `tickmesh COMMAND --help` for each command.")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (defaults for every value)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

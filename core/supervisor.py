@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import nats
 
 from core import streams
 from core.config import Config
+from core.errors import TickmeshError
 from core.natsserver import NatsServer, die_with_parent
 
 __all__ = ["Component", "Supervisor", "StatusLine", "register"]
@@ -140,7 +142,20 @@ class Supervisor:
     def _argv(self, *args: str) -> list[str]:
         return (["--config", self.config_path] if self.config_path else []) + list(args)
 
+    def _check_api_port(self) -> None:
+        """Fails fast with a clear message instead of restarting an API that cannot bind."""
+        with socket.socket() as sock:
+            # As uvicorn does: a port in TIME_WAIT from the last run is free to use.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.cfg.api.host, self.cfg.api.port))
+            except OSError as exc:
+                raise TickmeshError(
+                    f"API address {self.cfg.api.host}:{self.cfg.api.port} is not free ({exc.strerror}): another "
+                    f"tickmesh up? Stop it, or pick a port: TICKMESH_API__PORT=8001 make up") from None
+
     async def run(self, stop: asyncio.Event, print_fn=print) -> None:
+        self._check_api_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.cfg.nats.url:
             self.server = NatsServer(self.cfg.nats_store_dir, self.cfg.nats.host, self.cfg.nats.port,

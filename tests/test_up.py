@@ -113,3 +113,18 @@ def _symbols_after_restart(env: dict, base: str) -> list[dict]:
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
+
+
+def test_up_refuses_a_taken_api_port_with_a_clear_message(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "TICKMESH_DATA_DIR": str(tmp_path), "TICKMESH_API__PORT": str(port)}
+        done = subprocess.run([sys.executable, "-m", "core.cli", "up"], cwd=ROOT, env=env, text=True,
+                              capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port} is not free" in done.stderr and "TICKMESH_API__PORT" in done.stderr
+    assert not (tmp_path / "jetstream").exists()  # failed before starting anything
