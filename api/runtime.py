@@ -22,7 +22,7 @@ from api.telemetry import METRICS_SUBJECT_PREFIX, Sample, Telemetry
 from core import streams
 from core.config import Config
 from core.errors import SchemaError
-from core.schema import CODEC, Bar
+from core.schema import Bar, Codec
 from core.sink import Sink
 from core.store import Store
 
@@ -51,6 +51,7 @@ class ApiRuntime:
         self.nats_url = cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
         self.telemetry = Telemetry()
         self.fanout = BarFanout()
+        self._codec = Codec()
         self.store: Store | None = None
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
@@ -146,7 +147,7 @@ class ApiRuntime:
 
     async def _on_bar(self, msg: Msg) -> None:
         try:
-            bar = CODEC.decode(msg.data)
+            bar = self._codec.decode(msg.data)
             if not isinstance(bar, Bar):
                 raise SchemaError(f"expected a Bar, got {type(bar).__name__}")
         except SchemaError as exc:

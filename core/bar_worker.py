@@ -34,7 +34,7 @@ from core._jspublish import AckedPublisher
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
 from core.errors import SchemaError, TickmeshError
-from core.schema import (CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, TradeBatch,
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, Codec, DeadLetter, TradeBatch,
                          bar_msg_id)
 
 __all__ = ["WorkerStats", "BarWorker", "register"]
@@ -74,6 +74,7 @@ class BarWorker:
 
     def __init__(self, js: JetStreamContext, cfg: WorkerConfig, name: str = streams.BARS_WORKER) -> None:
         self.js = js
+        self._codec = Codec()
         self._out = AckedPublisher(js._nc)  # nats-py keeps the connection of a context private
         self._bar_subjects: dict[tuple[str, str, str], str] = {}
         self.cfg = cfg
@@ -154,7 +155,7 @@ class BarWorker:
     async def on_trades(self, msg) -> None:
         """Feeds one message to the bar builder and publishes what it closed and what came late."""
         try:
-            batch = CODEC.decode(msg.data)
+            batch = self._codec.decode(msg.data)
             if not isinstance(batch, TradeBatch):
                 raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
             batch.columns()  # validates column lengths before the builder sees them
@@ -166,12 +167,12 @@ class BarWorker:
         for bar in bars:
             key = (bar.tf, bar.venue, bar.symbol)
             subject = self._bar_subjects.get(key) or self._bar_subjects.setdefault(key, subjects.bar(*key))
-            await self._out.publish(subject, CODEC.encode(bar), {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA})
+            await self._out.publish(subject, self._codec.encode(bar), {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA})
         self.stats.bars += len(bars)
         for i, entry in enumerate(late):
             self.stats.late_trades += len(entry.trades)
             reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"
-            await self._dead_letter(msg, reason, CODEC.encode(entry.trades), tag=f"{entry.tf}.{i}")
+            await self._dead_letter(msg, reason, self._codec.encode(entry.trades), tag=f"{entry.tf}.{i}")
 
     async def _dead_letter(self, msg, reason: str, raw: bytes, tag: str = "") -> None:
         self.stats.dead_letters += 1
@@ -181,7 +182,7 @@ class BarWorker:
             venue = "unknown"
         letter = DeadLetter("worker", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=msg.subject)
         seq = msg.metadata.sequence.stream
-        await self._out.publish(subjects.dlq("worker", venue), CODEC.encode(letter),
+        await self._out.publish(subjects.dlq("worker", venue), self._codec.encode(letter),
                                 {HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
 
     async def lag(self) -> int:

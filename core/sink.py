@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from core import streams
 from core.config import Config
 from core.errors import SchemaError, SubjectError, TickmeshError
-from core.schema import CODEC, Bar, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import Bar, Codec, DeadLetter, QuoteBatch, TradeBatch
 from core.store import Store
 from core.subjects import parse as parse_subject
 
@@ -114,6 +114,7 @@ class Sink:
         # nats-py keeps the connection on the context; core NATS publishes need it.
         self._nc: NATS = nc if nc is not None else js._nc
         self._store = store
+        self._codec = Codec()
         self._batch = batch
         self._idle_s = idle_s
         self._retry_s = retry_s
@@ -258,7 +259,7 @@ class Sink:
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             try:
-                item = CODEC.decode(msg.data)
+                item = self._codec.decode(msg.data)
                 if not isinstance(item, src.accepts):
                     raise SchemaError(
                         f"unexpected {type(item).__name__} on {msg.subject}: consumer {consumer} takes "
