@@ -23,7 +23,7 @@ import nats
 
 from core import streams
 from core.config import Config
-from core.errors import TickmeshError
+from core.errors import NatsServerError, TickmeshError
 from core.natsserver import NatsServer, die_with_parent
 
 __all__ = ["Component", "Supervisor", "StatusLine", "register"]
@@ -161,7 +161,8 @@ class Supervisor:
             self.server = NatsServer(self.cfg.nats_store_dir, self.cfg.nats.host, self.cfg.nats.port,
                                      self.cfg.nats.monitor_port, log_file=self.log_dir / "nats.log")
             self.server.start(self.cfg.nats.ready_timeout_s)
-            print_fn(f"nats-server ready at {self.server.url} (JetStream in {self.cfg.nats_store_dir})")
+            print_fn(f"nats-server ready at {self.server.url} (pid {self.server.pid}, JetStream in "
+                     f"{self.cfg.nats_store_dir})")
         nc = await nats.connect(self.url, name="tickmesh-up", max_reconnect_attempts=-1,
                                 error_cb=self._on_nats_error)
         try:
@@ -185,6 +186,8 @@ class Supervisor:
                 except asyncio.TimeoutError:
                     pass
                 now = time.monotonic()
+                if self.server is not None and not self.server.running:
+                    await asyncio.to_thread(self._restart_server, print_fn)
                 for comp in self.components:
                     note = comp.check(now)
                     if note:
@@ -198,6 +201,15 @@ class Supervisor:
             if self.server:
                 self.server.stop()
             print_fn("stopped; data kept in " + str(self.data_dir))
+
+    def _restart_server(self, print_fn) -> None:
+        """nats-server died: start it again on the same ports and store; clients reconnect by themselves."""
+        print_fn(f"nats-server exited with code {self.server.returncode}; restarting (see {self.log_dir / 'nats.log'})")
+        try:
+            self.server.start(self.cfg.nats.ready_timeout_s)
+            print_fn(f"nats-server restarted (pid {self.server.pid})")
+        except NatsServerError as exc:
+            print_fn(f"nats-server restart failed: {exc}; trying again in a second")
 
     async def _on_nats_error(self, exc: Exception) -> None:
         # Reconnects are nats-py's job; one line instead of its traceback.

@@ -1,6 +1,6 @@
 """`tickmesh up` as a newcomer runs it: live candles from the simulated venue, a status line per
-second, a killed component restarted and reported, Ctrl-C stopping everything, and a second run
-resuming with the history still there."""
+second, a killed component (and a killed nats-server) restarted and reported, Ctrl-C stopping
+everything, and a second run resuming with the history still there."""
 
 import json
 import os
@@ -77,6 +77,7 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
     base = f"http://127.0.0.1:{api_port}"
     up = Up(env)
     try:
+        nats_pid = int(up.wait_for(r"nats-server ready at \S+ \(pid (\d+)").group(1))
         up.wait_for(r"dashboard: http://")
         worker_pid = int(up.wait_for(r"worker: pid (\d+)").group(1))
         bars_url = f"{base}/api/bars?venue=sim&symbol=BTC-USD&timeframe=1s"
@@ -91,6 +92,13 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
         os.kill(worker_pid, signal.SIGKILL)
         up.wait_for(r"worker exited with code -9; restarting")
         up.wait_for(r"worker restarted \(restart #1")
+        n_before = len(get_json(bars_url + "&limit=10000"))
+        poll_json(bars_url + "&limit=10000", lambda bars: len(bars) > n_before + 2)
+
+        # nats-server itself dies: restarted on the same store, every client reconnects, bars go on.
+        os.kill(nats_pid, signal.SIGKILL)
+        up.wait_for(r"nats-server exited with code -9; restarting")
+        up.wait_for(r"nats-server restarted")
         n_before = len(get_json(bars_url + "&limit=10000"))
         poll_json(bars_url + "&limit=10000", lambda bars: len(bars) > n_before + 2)
         assert up.stop() == 0
