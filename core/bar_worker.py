@@ -129,6 +129,10 @@ class BarWorker:
                 msgs = await self._sub.fetch(self.cfg.fetch_batch, timeout=0.25)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
+            except nats.errors.Error as exc:  # disconnected: nats-py reconnects, the consumer persists
+                log.warning("fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
             try:
                 await self.on_chunk(msgs)
             except (TickmeshError, nats.errors.Error) as exc:
