@@ -44,12 +44,14 @@ from core import streams  # noqa: E402
 from core.bar_worker import BarWorker  # noqa: E402
 from core.config import StreamsConfig, WorkerConfig  # noqa: E402
 from core.natsserver import NatsServer  # noqa: E402
-from core.schema import CODEC, TIMEFRAME_NS, TradeBatch  # noqa: E402
+from core.schema import Codec, TIMEFRAME_NS, TradeBatch  # noqa: E402
 from edge.collector import collect  # noqa: E402
 from edge.events import Trade  # noqa: E402
 from edge.publisher import BatchPublisher  # noqa: E402
 from edge.readers import reader_for  # noqa: E402
 from edge.validate import process_frame  # noqa: E402
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = ["ticks/kraken_xbtusdt_trades_rest.json", "ws/coinbase.ws.txt", "ws/kraken_trade.ws.txt",

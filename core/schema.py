@@ -9,7 +9,8 @@ the schema version travels in the ``Tm-Schema`` header.
 Example:
     >>> batch = TradeBatch.from_columns("kraken", "BTC-USD", ts_ns=[1], recv_ns=[2], px=[3.0],
     ...                                 qty=[0.5], side=[1], trade_id=[7])
-    >>> CODEC.decode(CODEC.encode(batch)).columns()["px"]
+    >>> codec = Codec()
+    >>> codec.decode(codec.encode(batch)).columns()["px"]
     array([3.])
 """
 
@@ -39,7 +40,6 @@ __all__ = [
     "DeadLetter",
     "Envelope",
     "Codec",
-    "CODEC",
     "batch_msg_id",
     "bar_msg_id",
     "json_schema",
@@ -210,8 +210,6 @@ class Codec:
         except msgspec.DecodeError as exc:
             raise SchemaError(f"undecodable message: {exc}") from None
 
-
-CODEC = Codec()
 
 
 def batch_msg_id(kind: str, batch: TradeBatch | QuoteBatch) -> str:

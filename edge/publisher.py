@@ -2,7 +2,10 @@
 
 Why batches: awaiting each JetStream publish gives ~6k msg/s from Python; 500 events per message
 and acks collected asynchronously give millions of events/s. Events are appended to plain lists
-(the cheapest per-event work Python has) and turned into NumPy columns once per batch.
+(the cheapest per-event work Python has) and turned into NumPy columns once per batch. Columnar
+blocks of bulk frames (:class:`~edge.events.TradeColumns`, in a :class:`~edge.events.FrameEvents`)
+are appended as whole arrays, sliced at batch boundaries exactly where adding their rows one by
+one would cut, so the batches (and their Nats-Msg-Ids) are the same either way.
 
 A buffer is sealed into a :class:`~core.schema.TradeBatch`/``QuoteBatch`` when it holds
 ``max_batch`` events or is ``flush_ms`` old. Age is measured on one of two clocks:
@@ -19,6 +22,10 @@ the stats: ``"block"`` makes :meth:`add` wait until acks drain (file replays: no
 ``"drop"`` refuses the newest events at once (live sockets must never block), counts them in
 ``overflow_dropped`` and publishes one summarizing dead letter per flush period.
 
+Acks: every message is published with ``<inbox>.<n>`` as its reply subject and one wildcard
+subscription receives all PubAcks; only an error reply is parsed (a future and a parsed PubAck per
+message, as nats-py's ``publish_async`` does, cost about as much as the publish itself).
+
 Publish failures (ack timeouts, no responders, connection errors) are counted in
 ``publish_errors`` and retried with backoff up to ``max_attempts`` times; the deterministic
 Nats-Msg-Id makes a retry of an already stored batch harmless. A retried batch may land after
@@ -33,17 +40,19 @@ import bisect
 import collections
 import itertools
 import hashlib
+import json
 import time
 from typing import Iterable, Literal
 
 import msgspec
+import nats.js.errors
 import numpy as np
 
 from core import subjects
 from core.errors import SchemaError, SubjectError
-from core.schema import (CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter,
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, Codec, DeadLetter,
                          QuoteBatch, TradeBatch, batch_msg_id)
-from edge.events import Event, Quote, Trade
+from edge.events import Event, FrameEvents, Quote, Trade, TradeColumns
 from edge.metrics import EdgeStats
 
 __all__ = ["BatchPublisher", "Overflow", "FlushClock", "DLQ_RAW_MAX_BYTES"]
@@ -58,6 +67,8 @@ _REASON_HEADER_MAX = 200
 _INT63_MASK = (1 << 63) - 1
 _SCHEMA = str(SCHEMA_VERSION)
 _KINDS = {Trade: "trade", Quote: "quote"}
+_STATUS_HDR = "Status"
+_NO_RESPONDERS = "503"
 # What a malformed event can raise while it is turned into a subject and columns.
 _UNENCODABLE = (SubjectError, SchemaError, OverflowError, ValueError, TypeError, KeyError)
 
@@ -87,20 +98,88 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
 class _Buffer:
     """Events of one (kind, symbol) waiting to be sealed into a batch.
 
+    The newest single events are in ``rows`` (with their receive times in ``recv``); when a
+    columnar block arrives, that run moves to ``parts`` and the block follows it there, so
+    ``parts`` then ``rows`` hold the batch in arrival order. ``n_parts`` counts the events in
+    ``parts`` and ``row_cap`` (= max_batch - n_parts) is how many ``rows`` fill the batch.
     ``offsets`` lists (first row, time offset, trade-id offset) segments: one, unless
     :meth:`BatchPublisher.shift` happened while the buffer was open.
     """
 
-    __slots__ = ("cls", "symbol", "rows", "recv", "offsets", "first_recv_ns", "first_mono_ns")
+    __slots__ = ("cls", "symbol", "rows", "recv", "parts", "n_parts", "row_cap", "offsets", "first_recv_ns",
+                 "first_mono_ns")
 
-    def __init__(self, cls: type, symbol: str, recv_ns: int, offsets: tuple[int, int]) -> None:
+    def __init__(self, cls: type, symbol: str, recv_ns: int, offsets: tuple[int, int], max_batch: int) -> None:
         self.cls = cls
         self.symbol = symbol
         self.rows: list[Event] = []
         self.recv: list[int] = []
+        # (TradeColumns, recv_ns) or (list of events, list of recv_ns), in arrival order.
+        self.parts: list[tuple[TradeColumns | list[Event], int | list[int]]] = []
+        self.n_parts = 0
+        self.row_cap = max_batch
         self.offsets: list[tuple[int, int, int]] = [(0, *offsets)]
         self.first_recv_ns = recv_ns
         self.first_mono_ns = time.monotonic_ns()
+
+
+def _reply_error(data: bytes) -> Exception:
+    """The nats-py exception for a JetStream error reply (what ``publish_async`` would raise)."""
+    try:
+        nats.js.errors.APIError.from_error(json.loads(data)["error"])
+    except nats.js.errors.APIError as exc:
+        return exc
+    except (ValueError, KeyError, TypeError):
+        pass
+    return nats.js.errors.APIError(description=data.decode(errors="replace")[:200])
+
+
+def _split_items(items: list[Event | TradeColumns], k: int) -> tuple[list, list]:
+    """(the first ``k`` events of ``items``, the rest), splitting a block if need be."""
+    head: list = []
+    for i, item in enumerate(items):
+        if k <= 0:
+            return head, list(items[i:])
+        if item.__class__ is TradeColumns:
+            if len(item) > k:
+                return head + [item.take(slice(0, k))], [item.take(slice(k, None))] + list(items[i + 1:])
+            k -= len(item)
+        else:
+            k -= 1
+        head.append(item)
+    return head, []
+
+
+def _part_columns(buf: _Buffer) -> tuple[list, np.ndarray]:
+    """Trade columns (fields of Trade, symbol slot unused) and receive times of a buffer with parts."""
+    pieces = buf.parts + [(buf.rows, buf.recv)] if buf.rows else buf.parts
+    cols: list[list[np.ndarray]] = [[] for _ in range(5)]
+    recv: list[np.ndarray] = []
+    for data, recv_ns in pieces:
+        if data.__class__ is TradeColumns:
+            recv.append(np.full(len(data), recv_ns, dtype=np.int64))
+        else:
+            data = TradeColumns.from_events(buf.symbol, data)
+            recv.append(np.array(recv_ns, dtype=np.int64))
+        for col, arr in zip(cols, data.columns()):
+            col.append(arr)
+    return [None] + [np.concatenate(c) for c in cols], np.concatenate(recv)
+
+
+def _buffer_events(buf: _Buffer) -> tuple[list[Event], list[int]]:
+    """Every event of a buffer one by one, with its receive time (the slow path's view)."""
+    rows: list[Event] = []
+    recv: list[int] = []
+    for data, recv_ns in buf.parts:
+        if data.__class__ is TradeColumns:
+            rows.extend(data.events())
+            recv.extend(itertools.repeat(recv_ns, len(data)))
+        else:
+            rows.extend(data)
+            recv.extend(recv_ns)
+    rows.extend(buf.rows)
+    recv.extend(buf.recv)
+    return rows, recv
 
 
 class _Item:
@@ -133,8 +212,7 @@ class BatchPublisher:
         max_pending_events: accepted but unacknowledged events (and dead letters) at most.
         overflow: ``"block"`` or ``"drop"``; see the module docstring.
         flush_clock: ``"wall"`` or ``"recv"``; see the module docstring.
-        max_inflight: unacknowledged publishes at most (kept below nats-py's own async limit, so
-            ``publish_async`` never blocks on it).
+        max_inflight: unacknowledged publishes at most.
         ack_timeout_s: an ack not received within this is a failed attempt.
         max_attempts: publish attempts per message before it counts as failed.
         stats: counters to update; a fresh :class:`EdgeStats` by default.
@@ -152,6 +230,7 @@ class BatchPublisher:
             raise ValueError("max_batch, max_pending_events, max_inflight and max_attempts must be >= 1")
         self.js = js
         self.venue = venue
+        self._codec = Codec()
         self.stats = stats if stats is not None else EdgeStats()
         self.flush_ns = int(flush_ms * 1_000_000)
         self.max_batch = max_batch
@@ -167,7 +246,13 @@ class BatchPublisher:
         self._buffers: dict[tuple[type, str], _Buffer] = {}
         self._oldest_recv_ns = 0
         self._ready: collections.deque[_Item] = collections.deque()
-        self._inflight: dict[asyncio.Future, _Item] = {}
+        # Unacknowledged messages by the number in their reply subject, in send order.
+        self._inflight: dict[int, _Item] = {}
+        self._nc = js._nc  # acks arrive on a plain subscription of the JetStream context's connection
+        self._ack_prefix = ""
+        self._ack_sub = None
+        self._ack_lock = asyncio.Lock()
+        self._seq = 0
         self._retries: set[asyncio.TimerHandle] = set()
         self._pending = 0  # units accepted and not yet settled (acked or given up)
         self._space = asyncio.Event()
@@ -214,19 +299,29 @@ class BatchPublisher:
 
     # ------------------------------------------------------------------ accepting input
 
-    async def add(self, events: list[Event], recv_ns: int) -> int:
+    async def add(self, events: list[Event | TradeColumns] | FrameEvents | TradeColumns, recv_ns: int) -> int:
         """Buffers one frame's events (any mix of kinds and symbols).
 
         Args:
-            events: validated :class:`~edge.events.Trade`/``Quote`` events.
+            events: validated :class:`~edge.events.Trade`/``Quote`` events, columnar
+                :class:`~edge.events.TradeColumns` blocks among them or alone, or a
+                :class:`~edge.events.FrameEvents` (as ``process_frame`` returns for bulk frames).
             recv_ns: local receive time of the frame they came from.
 
         Returns:
             How many events were accepted (fewer than given only under the "drop" policy).
         """
+        kind = events.__class__
+        if kind is FrameEvents:
+            return await self._add_items(events.items, len(events), recv_ns)
+        if kind is TradeColumns:
+            return await self._add_items([events], len(events), recv_ns)
         n = len(events)
         if not n:
             return 0
+        if TradeColumns in map(type, events):
+            return await self._add_items(events, sum(len(e) if type(e) is TradeColumns else 1 for e in events),
+                                         recv_ns)
         if self._task is None or self._closed:
             if self._closed:
                 raise RuntimeError("BatchPublisher is closed")
@@ -253,7 +348,7 @@ class BatchPublisher:
         if n == 1:
             # One event per frame is common (Coinbase, Binance, sim): the shortest path.
             buf = self._buffers.get((cls, symbol))
-            if buf is not None and len(buf.rows) < self.max_batch - 1:
+            if buf is not None and len(buf.rows) < buf.row_cap - 1:
                 buf.rows.append(first)
                 buf.recv.append(recv_ns)
                 return 1
@@ -277,23 +372,98 @@ class BatchPublisher:
             await self._pump()
         return n
 
+    async def _add_items(self, items: list[Event | TradeColumns], n: int, recv_ns: int) -> int:
+        """:meth:`add` for a frame with columnar blocks: ``n`` events in ``items``."""
+        if not n:
+            return 0
+        if self._task is None or self._closed:
+            if self._closed:
+                raise RuntimeError("BatchPublisher is closed")
+            self.start()
+        if self._pending + n > self.max_pending_events:
+            if self.overflow == "drop":
+                room = max(0, self.max_pending_events - self._pending)
+                items, dropped = _split_items(items, room)
+                self._count_drop(dropped, recv_ns)
+                if not room:
+                    return 0
+                n = room
+            else:
+                await self._wait_for_room(n)
+        self._pending += n
+        self.stats.events += n
+        if self._ts_offset_ns:
+            recv_ns += self._ts_offset_ns
+        if recv_ns - self._oldest_recv_ns >= self.flush_ns and self._buffers:
+            self._seal_aged(recv_ns - self.flush_ns, None)
+            await self._pump()
+        sealed = False
+        # In item order, so each (kind, symbol) gets its events in arrival order; a run of
+        # single events of one key is appended at once.
+        run: list[Event] = []
+        run_key = None
+        for item in items:
+            if item.__class__ is TradeColumns:
+                if run:
+                    sealed |= self._append(*run_key, run, recv_ns)
+                    run = []
+                sealed |= self._append_block(item, recv_ns)
+                continue
+            key = (item.__class__, item[0])
+            if key != run_key and run:
+                sealed |= self._append(*run_key, run, recv_ns)
+                run = []
+            run_key = key
+            run.append(item)
+        if run:
+            sealed |= self._append(*run_key, run, recv_ns)
+        if sealed:
+            await self._pump()
+        return n
+
+    def _buffer(self, key: tuple[type, str], recv_ns: int) -> _Buffer:
+        buf = self._buffers.get(key)
+        if buf is None:
+            if not self._buffers:
+                self._oldest_recv_ns = recv_ns
+            buf = self._buffers[key] = _Buffer(key[0], key[1], recv_ns, (self._ts_offset_ns, self._id_offset),
+                                               self.max_batch)
+        return buf
+
     def _append(self, cls: type, symbol: str, events: list[Event], recv_ns: int) -> bool:
         """Appends events of one (kind, symbol); True if a buffer filled up and was sealed."""
         key = (cls, symbol)
         sealed = False
         while events:
-            buf = self._buffers.get(key)
-            if buf is None:
-                if not self._buffers:
-                    self._oldest_recv_ns = recv_ns
-                buf = self._buffers[key] = _Buffer(cls, symbol, recv_ns, (self._ts_offset_ns, self._id_offset))
+            buf = self._buffer(key, recv_ns)
             rows = buf.rows
-            room = self.max_batch - len(rows)
+            room = buf.row_cap - len(rows)
             take = events if len(events) <= room else events[:room]
             rows.extend(take)
             buf.recv.extend(itertools.repeat(recv_ns, len(take)))
             events = events[len(take):] if take is not events else ()
-            if len(rows) >= self.max_batch:
+            if len(rows) >= buf.row_cap:
+                self._seal(buf)
+                sealed = True
+        return sealed
+
+    def _append_block(self, block: TradeColumns, recv_ns: int) -> bool:
+        """Appends a block's rows, sliced where a batch fills up; True if a buffer was sealed."""
+        key = (Trade, block.symbol)
+        sealed = False
+        start, n = 0, len(block)
+        while start < n:
+            buf = self._buffer(key, recv_ns)
+            if buf.rows:
+                buf.parts.append((buf.rows, buf.recv))
+                buf.n_parts += len(buf.rows)
+                buf.rows, buf.recv = [], []
+            take = min(self.max_batch - buf.n_parts, n - start)
+            buf.parts.append((block if take == n else block.take(slice(start, start + take)), recv_ns))
+            buf.n_parts += take
+            buf.row_cap = self.max_batch - buf.n_parts
+            start += take
+            if buf.row_cap <= 0:
                 self._seal(buf)
                 sealed = True
         return sealed
@@ -350,7 +520,7 @@ class BatchPublisher:
         self._ts_offset_ns = ts_offset_ns
         self._id_offset = trade_id_offset
         for buf in self._buffers.values():
-            buf.offsets.append((len(buf.rows), ts_offset_ns, trade_id_offset))
+            buf.offsets.append((buf.n_parts + len(buf.rows), ts_offset_ns, trade_id_offset))
 
     async def close(self) -> None:
         """Flushes everything, waits until every message is acknowledged or given up, stops.
@@ -372,6 +542,12 @@ class BatchPublisher:
         # A flag, not Task.cancel(): the task stops at its next turn with nothing left to do.
         self._wake.set()
         await self._task
+        if self._ack_sub is not None:
+            sub, self._ack_sub = self._ack_sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # noqa: BLE001 - a closed connection has no subscription left anyway
+                self.stats.last_error = self.stats.last_error or f"ack unsubscribe: {type(exc).__name__}: {exc}"
 
     # ------------------------------------------------------------------ sealing and encoding
 
@@ -396,7 +572,11 @@ class BatchPublisher:
         del self._buffers[key]
         try:
             subject = self._subject(key)
-            batch = self._encode(buf.cls, buf.symbol, buf.rows, np.array(buf.recv, dtype=np.int64), buf.offsets)
+            if buf.parts:
+                cols, recv_ns = _part_columns(buf)
+            else:
+                cols, recv_ns = list(zip(*buf.rows)), np.array(buf.recv, dtype=np.int64)
+            batch = self._encode(buf.cls, buf.symbol, cols, recv_ns, buf.offsets)
         except _UNENCODABLE:
             self._seal_row_by_row(buf)
             return
@@ -408,18 +588,21 @@ class BatchPublisher:
             subject = self._subject_cache[key] = subjects.md(self.venue, _KINDS[key[0]], key[1])
         return subject
 
-    def _encode(self, cls: type, symbol: str, rows: list[Event], recv_ns, offsets) -> TradeBatch | QuoteBatch:
-        """Columns of ``rows`` as a batch; ``recv_ns`` already shifted, ``offsets`` as in _Buffer."""
-        cols = list(zip(*rows))
-        ts_ns = np.array(cols[1], dtype=np.int64)
+    def _encode(self, cls: type, symbol: str, cols, recv_ns, offsets) -> TradeBatch | QuoteBatch:
+        """Columns as a batch; ``recv_ns`` already shifted, ``offsets`` as in _Buffer.
+
+        ``cols`` follows the event's fields (``cols[0]``, the symbol, is not used).
+        """
+        ts_ns = np.array(cols[1], dtype=np.int64)  # a copy: offsets are added in place
+        n_rows = len(ts_ns)
         if len(offsets) > 1 or offsets[0][1]:
-            bounds = [start for start, _, _ in offsets[1:]] + [len(rows)]
+            bounds = [start for start, _, _ in offsets[1:]] + [n_rows]
             for (start, ts_off, _), end in zip(offsets, bounds):
                 ts_ns[start:end] += ts_off
         if cls is Trade:
             trade_id = np.array(cols[5], dtype=np.int64)
             if len(offsets) > 1 or offsets[0][2]:
-                bounds = [start for start, _, _ in offsets[1:]] + [len(rows)]
+                bounds = [start for start, _, _ in offsets[1:]] + [n_rows]
                 for (start, _, id_off), end in zip(offsets, bounds):
                     if id_off:
                         trade_id[start:end] = (trade_id[start:end] + np.int64(id_off)) & np.int64(_INT63_MASK)
@@ -444,12 +627,13 @@ class BatchPublisher:
         """Slow path when a batch does not encode: dead-letters the rows that do not fit a column."""
         good_rows, good_recv, good_offsets = [], [], []
         starts = [start for start, _, _ in buf.offsets]
-        for i, (ev, recv_ns) in enumerate(zip(buf.rows, buf.recv)):
+        rows, recv = _buffer_events(buf)
+        for i, (ev, recv_ns) in enumerate(zip(rows, recv)):
             # The offsets segment this row was added in.
             _, ts_off, id_off = buf.offsets[bisect.bisect_right(starts, i) - 1]
             try:
                 subject = self._subject((buf.cls, buf.symbol))
-                self._encode(buf.cls, buf.symbol, [ev], [recv_ns], [(0, ts_off, id_off)])
+                self._encode(buf.cls, buf.symbol, list(zip(ev)), [recv_ns], [(0, ts_off, id_off)])
             except _UNENCODABLE as exc:
                 self._pending -= 1
                 self.stats.rejected += 1
@@ -462,7 +646,8 @@ class BatchPublisher:
             good_rows.append(ev)
             good_recv.append(recv_ns)
         if good_rows:
-            self._queue_batch(subject, self._encode(buf.cls, buf.symbol, good_rows, good_recv, good_offsets))
+            self._queue_batch(subject, self._encode(buf.cls, buf.symbol, list(zip(*good_rows)), good_recv,
+                                                    good_offsets))
 
     def _queue_batch(self, subject: str, batch: TradeBatch | QuoteBatch) -> None:
         kind = "trade" if type(batch) is TradeBatch else "quote"
@@ -472,7 +657,7 @@ class BatchPublisher:
         else:
             self.stats.quotes += n
         headers = {HDR_MSG_ID: batch_msg_id(kind, batch), HDR_SCHEMA: _SCHEMA}
-        self._ready.append(_Item(subject, CODEC.encode(batch), headers, n, True))
+        self._ready.append(_Item(subject, self._codec.encode(batch), headers, n, True))
 
     def _enqueue_dead_letter(self, dl: DeadLetter, ordinal: int = 0) -> None:
         if len(dl.raw) > DLQ_RAW_MAX_BYTES:
@@ -480,7 +665,7 @@ class BatchPublisher:
             dl = msgspec.structs.replace(dl, raw=dl.raw[:DLQ_RAW_MAX_BYTES], detail=detail)
         if dl.venue != self.venue:
             dl = msgspec.structs.replace(dl, venue=self.venue)
-        payload = CODEC.encode(dl)
+        payload = self._codec.encode(dl)
         digest = hashlib.blake2b(payload, digest_size=12)
         if ordinal:
             digest.update(ordinal.to_bytes(8, "little", signed=True))
@@ -509,11 +694,15 @@ class BatchPublisher:
             await self._pump()
             await _wait(self._space, self._tick_s())
 
-    def _count_drop(self, dropped: Iterable[Event], recv_ns: int, dead_letters: int = 0) -> None:
+    def _count_drop(self, dropped: Iterable[Event | TradeColumns], recv_ns: int, dead_letters: int = 0) -> None:
         n = dead_letters
         for ev in dropped:
-            self._dropped_symbols[ev[0]] += 1
-            n += 1
+            if ev.__class__ is TradeColumns:
+                self._dropped_symbols[ev.symbol] += len(ev)
+                n += len(ev)
+            else:
+                self._dropped_symbols[ev[0]] += 1
+                n += 1
         if dead_letters:
             self._dropped_symbols["(dead letters)"] += dead_letters
         if not self._dropped_window:
@@ -541,34 +730,49 @@ class BatchPublisher:
         """Publishes queued messages while fewer than ``max_inflight`` await their ack."""
         ready = self._ready
         inflight = self._inflight
+        if ready and self._ack_sub is None:
+            await self._subscribe_acks()
+        publish = self._nc.publish
+        prefix = self._ack_prefix
         while ready and len(inflight) < self.max_inflight:
             item = ready.popleft()
             item.attempts += 1
+            self._seq += 1
+            seq = self._seq
             try:
-                fut = await self.js.publish_async(item.subject, item.payload, headers=item.headers)
+                await publish(item.subject, item.payload, reply=f"{prefix}{seq}", headers=item.headers)
             except Exception as exc:  # noqa: BLE001 - connection closed, buffer full, ...: retry later
                 self._failed_attempt(item, exc)
                 continue
             item.sent_mono = time.monotonic()
-            inflight[fut] = item
-            fut.add_done_callback(self._on_done)
+            inflight[seq] = item
 
-    def _on_done(self, fut: asyncio.Future) -> None:
-        item = self._inflight.pop(fut, None)
+    async def _subscribe_acks(self) -> None:
+        """Subscribes ``<inbox>.*``, where every PubAck of this publisher arrives (once)."""
+        async with self._ack_lock:
+            if self._ack_sub is None:
+                prefix = self._nc.new_inbox() + "."
+                self._ack_sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                self._ack_prefix = prefix
+
+    async def _on_ack(self, msg) -> None:
+        """One reply: a PubAck, an error, or a no-responders status (no stream takes the subject)."""
+        item = self._inflight.pop(int(msg.subject[len(self._ack_prefix):]), None)
         if item is None:
-            return
-        if fut.cancelled():
-            self._failed_attempt(item, TimeoutError(f"no ack within {self.ack_timeout_s:g} s"))
+            return  # the ack of an attempt that already timed out (and was retried)
+        data = msg.data
+        headers = msg.headers
+        if headers and headers.get(_STATUS_HDR) == _NO_RESPONDERS:
+            self._failed_attempt(item, nats.js.errors.NoStreamResponseError())
+        elif b'"error"' in data:
+            self._failed_attempt(item, _reply_error(data))
         else:
-            exc = fut.exception()
-            if exc is not None:
-                self._failed_attempt(item, exc)
-            else:
-                if item.is_batch:
-                    self.stats.batches += 1
-                    if fut.result().duplicate:
-                        self.stats.duplicates += 1
-                self._settle(item)
+            if item.is_batch:
+                self.stats.batches += 1
+                # The server writes `"duplicate": true` (with a space) and omits it when false.
+                if b'"duplicate"' in data and b"true" in data:
+                    self.stats.duplicates += 1
+            self._settle(item)
         self._wake.set()
 
     def _settle(self, item: _Item) -> None:
@@ -594,12 +798,18 @@ class BatchPublisher:
         self._retries.add(handle)
 
     def _expire_inflight(self) -> None:
-        """Cancels publishes whose ack is overdue; their done callback retries them."""
+        """Gives up waiting for acks that are overdue: each is a failed attempt, retried."""
         deadline = time.monotonic() - self.ack_timeout_s
-        for fut, item in list(self._inflight.items()):
+        inflight = self._inflight
+        expired = []
+        for seq, item in inflight.items():
             if item.sent_mono > deadline:
                 break  # insertion order is send order
-            fut.cancel()
+            expired.append(seq)
+        for seq in expired:
+            self._failed_attempt(inflight.pop(seq), TimeoutError(f"no ack within {self.ack_timeout_s:g} s"))
+        if expired:
+            self._wake.set()
 
     async def _run(self) -> None:
         """Background task: flushes by wall-clock age, reports drops, retries, refills in-flight."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import msgspec
+import numpy as np
 
 from core.errors import ConfigError, DataFileError
 from core.schema import DeadLetter, TradeBatch
@@ -23,7 +24,7 @@ from edge.adapters import adapter_for_url
 from edge.adapters.base import Adapter
 from edge.adapters.kraken_rest import KrakenRestAdapter
 from edge.adapters.tardis import TRADES_COLUMNS, TardisAdapter
-from edge.events import Trade
+from edge.events import FrameEvents, Trade, TradeColumns, concat_trades
 from edge.recorded import open_recorded
 from edge.validate import process_frame
 
@@ -71,14 +72,16 @@ class Reader:
         venue = adapter.venue
         for recv_ns, raw in self.frames(path):
             events, dead_letters = process_frame(adapter, raw, recv_ns, self.max_skew_ns)
-            by_symbol: dict[str, list[Trade]] = {}
-            for ev in events:
-                if type(ev) is Trade:
-                    by_symbol.setdefault(ev.symbol, []).append(ev)
-            for symbol, trades in by_symbol.items():
-                _, ts_ns, px, qty, side, trade_id = zip(*trades)
-                yield TradeBatch.from_columns(venue, symbol, ts_ns=ts_ns, recv_ns=[recv_ns] * len(trades),
-                                              px=px, qty=qty, side=side, trade_id=trade_id)
+            # Columnar blocks (bulk frames) stay columns; single trades are grouped per symbol.
+            by_symbol: dict[str, list[Trade | TradeColumns]] = {}
+            for item in (events.items if type(events) is FrameEvents else events):
+                if type(item) is Trade or type(item) is TradeColumns:
+                    by_symbol.setdefault(item.symbol, []).append(item)
+            for symbol, parts in by_symbol.items():
+                block = concat_trades(symbol, parts)
+                yield TradeBatch.from_columns(venue, symbol, ts_ns=block.ts_ns, recv_ns=np.full(len(block), recv_ns),
+                                              px=block.px, qty=block.qty, side=block.side,
+                                              trade_id=block.trade_id)
             yield from dead_letters
 
 

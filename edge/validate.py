@@ -8,18 +8,20 @@ nothing is dropped silently and a bad frame never stops the loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Iterable, NamedTuple
 
 from core.errors import ParseError
 from core.schema import DeadLetter
 from edge.adapters.base import Adapter
-from edge.events import Event, Quote, Trade
+from edge.events import Event, FrameEvents, Quote, Trade, TradeColumns
 
-__all__ = ["validate", "process_frame", "FrameResult", "STAGE"]
+__all__ = ["validate", "validate_columns", "process_frame", "FrameResult", "STAGE"]
 
 STAGE = "edge"
 _isfinite = math.isfinite
 _INF = math.inf
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _tuple_new = tuple.__new__  # builds FrameResult without a Python-level __new__ call
 
 
@@ -87,10 +89,56 @@ def validate(
     return good, bad
 
 
-class FrameResult(NamedTuple):
-    """What one frame became: valid events, and dead letters for everything else."""
+def validate_columns(
+    block: TradeColumns, recv_ns: int, max_skew_ns: int | None
+) -> tuple[TradeColumns | None, list[tuple[Trade, str]]]:
+    """:func:`validate` for a columnar block: the same rules and reasons, checked on whole arrays.
 
-    events: list[Event]
+    Returns:
+        (the good rows as a block, or None if none is good; [(rejected row as a Trade, reason),
+        ...] in row order). An all-good block is returned as it is.
+    """
+    px, qty = block.px, block.qty
+    # NaN fails every comparison, inf fails `< inf`: the same test as the per-event fast path.
+    ok = (px > 0) & (px < _INF) & (qty > 0) & (qty < _INF)
+    if max_skew_ns is not None:
+        # Bounds clipped to int64 rather than a difference of int64 columns, which could wrap.
+        ts_ns = block.ts_ns
+        ok &= (ts_ns >= max(recv_ns - max_skew_ns, _I64_MIN)) & (ts_ns <= min(recv_ns + max_skew_ns, _I64_MAX))
+    if ok.all():
+        return block, []
+    bad_rows = block.take(~ok).events()
+    bad = [(ev, _trade_problem(ev, recv_ns, max_skew_ns) or "rejected") for ev in bad_rows]
+    return (block.take(ok) if ok.any() else None), bad
+
+
+def _validate_items(
+    items: list[Event | TradeColumns], recv_ns: int, max_skew_ns: int | None
+) -> tuple[list[Event | TradeColumns], list[tuple[Event, str]]]:
+    """Validates a FrameEvents' items: blocks column-wise, single events one by one, order kept."""
+    good: list[Event | TradeColumns] = []
+    bad: list[tuple[Event, str]] = []
+    for item in items:
+        if type(item) is TradeColumns:
+            ok_block, rejected = validate_columns(item, recv_ns, max_skew_ns)
+            if ok_block is not None:
+                good.append(ok_block)
+            bad.extend(rejected)
+        else:
+            g, b = validate((item,), recv_ns, max_skew_ns)
+            good.extend(g)
+            bad.extend(b)
+    return good, bad
+
+
+class FrameResult(NamedTuple):
+    """What one frame became: valid events, and dead letters for everything else.
+
+    ``events`` is a list, or a :class:`~edge.events.FrameEvents` (columnar blocks) where the
+    adapter returned one; both are sequences of events.
+    """
+
+    events: Sequence[Event]
     dead_letters: list[DeadLetter]
 
 
@@ -115,7 +163,11 @@ def process_frame(adapter: Adapter, raw: str | bytes, recv_ns: int, max_skew_ns:
         ])
     if not events:
         return _tuple_new(FrameResult, (events, []))
-    good, bad = validate(events, recv_ns, max_skew_ns)
+    if type(events) is FrameEvents:
+        good_items, bad = _validate_items(events.items, recv_ns, max_skew_ns)
+        good = events if not bad else FrameEvents(good_items)
+    else:
+        good, bad = validate(events, recv_ns, max_skew_ns)
     if not bad:
         return _tuple_new(FrameResult, (good, []))
     raw_bytes = _as_bytes(raw)

@@ -24,10 +24,10 @@ from edge.adapters import (
     TardisAdapter,
     adapter_for_url,
 )
-from edge.adapters.base import IsoTimeParser, decimal_to_ns
-from edge.events import Quote, Trade
+from edge.adapters.base import IsoTimeParser, decimal_to_ns, decimals_to_ns
+from edge.events import FrameEvents, Quote, Trade, TradeColumns
 from edge.recorded import open_recorded
-from edge.validate import process_frame, validate
+from edge.validate import process_frame, validate, validate_columns
 from tests.conftest import shared_file
 
 
@@ -298,6 +298,64 @@ def test_kraken_rest_error_and_symbols():
     assert a.venue == "kraken" and a.subscribe(["BTC-USD"]) == []
 
 
+def _kraken_rest_expected(text: str) -> list[Trade]:
+    """Trades of a Kraken REST response worked out independently: json + Decimal, row by row."""
+    out = []
+    for pair, rows in json.loads(text, parse_float=Decimal, parse_int=Decimal)["result"].items():
+        if pair == "last":
+            continue
+        sym = KrakenRestAdapter().normalize_symbol(pair)
+        for px, qty, time_s, side, _, _, tid in rows:
+            out.append(Trade(sym, int(Decimal(time_s) * 1_000_000_000), float(px), float(qty),
+                             {"b": 1, "s": -1}[side], int(tid)))
+    return out
+
+
+def test_kraken_rest_recorded_response_is_one_exact_block():
+    text = shared_file("ticks/kraken_xbtusdt_trades_rest.json").read_text()
+    events = KrakenRestAdapter().parse(text, 0)
+    [block] = events.items
+    assert isinstance(events, FrameEvents) and isinstance(block, TradeColumns) and len(block) == len(events) == 1000
+    assert [c.dtype.str for c in block.columns()] == ["<i8", "<f8", "<f8", "|i1", "<i8"]
+    expected = _kraken_rest_expected(text)
+    # Compared as values (plain ints and floats per event), not by container type.
+    assert list(events) == events == expected
+    assert [tuple(map(type, ev)) for ev in events[:2]] == [(str, int, float, float, int, int)] * 2
+    assert events[0] == Trade("BTC-USDT", 1762795433971744500, 105433.6, 0.00027625, 1, 10218208)
+
+
+@pytest.mark.parametrize("time_text", ["1762795433.9717445", "1762795433", "1.7627954339717445e9",
+                                       "1762795433.12345678912", "0.5", '"1762795433.25"'])
+def test_kraken_rest_times_are_exact_on_both_paths(time_text):
+    # Plain decimals take the columnar path; an integer, an exponent or a quoted time the per-row one.
+    template = ('{"error":[],"result":{"XBTUSDT":[["105433.6","0.5",%s,"s","l","",7],'
+                '["105433.7","1.5",1762795434.1,"b","m","",8]],"last":"1"}}')
+    expected = _kraken_rest_expected(template % ('"%s"' % time_text.strip('"')))
+    assert list(KrakenRestAdapter().parse(template % time_text, 0)) == expected
+
+
+def test_kraken_rest_bad_rows_raise_like_the_per_row_path():
+    good = ["1.0", "1.0", 1762795433.5, "b", "l", "", 1]
+    a = KrakenRestAdapter()
+    with pytest.raises(ParseError, match="XBTUSDT row 1: side 'x' is not 'b' or 's'"):
+        a.parse(json.dumps({"error": [], "result": {"XBTUSDT": [good, [*good[:3], "x", *good[4:]]]}}), 0)
+    with pytest.raises(ParseError, match="kraken_rest XBTUSDT"):
+        a.parse(json.dumps({"error": [], "result": {"XBTUSDT": [good, good[:5]]}}), 0)
+    with pytest.raises(UnknownSymbolError):
+        a.parse(json.dumps({"error": [], "result": {"FOO": [good]}}), 0)
+    two = a.parse(json.dumps({"error": [], "result": {"XBTUSDT": [good], "XETHZUSD": [good, good]}}), 0)
+    assert [(e.symbol, len(e) if isinstance(e, TradeColumns) else 1) for e in two.items] == [("BTC-USDT", 1),
+                                                                                           ("ETH-USD", 2)]
+
+
+def test_decimals_to_ns_matches_decimal_to_ns():
+    texts = ["1762795433.9717445", "0.5", "8999999999.999999999", "12.0123456789", "1618678142.557535", "7.0"]
+    assert decimals_to_ns([t.encode() for t in texts]).tolist() == [decimal_to_ns(t) for t in texts]
+    assert decimals_to_ns([]).tolist() == []
+    for odd in ("1762795433", "1e9", "-1.5", '"1.5"', "9000000000.5", "12345678901.5", "1.2.3"):
+        assert decimals_to_ns([b"1.5", odd.encode()]) is None, odd
+
+
 def test_tardis_adapter_errors():
     a = TardisAdapter()
     with pytest.raises(ParseError, match="fields"):
@@ -378,6 +436,34 @@ def test_process_frame_turns_failures_into_dead_letters():
     assert res.events == [] and res.dead_letters[0].symbol == "BTC-USD"
     assert "crossed quote" in res.dead_letters[0].reason and "Quote(" in res.dead_letters[0].detail
     assert process_frame(a, '{"type":"subscriptions","channels":[]}', 1, None) == ([], [])
+
+
+def test_validate_columns_applies_the_same_rules_and_reasons():
+    t = Trade("BTC-USDT", 1_000, 100.0, 1.0, 1, 1)
+    rows = [t, t._replace(px=0.0, trade_id=2), t._replace(qty=math.nan, trade_id=3), t._replace(trade_id=4),
+            t._replace(px=math.inf, trade_id=5), t._replace(ts_ns=10 * 1_000_000_000, trade_id=6),
+            t._replace(qty=-1.0, trade_id=7), t._replace(ts_ns=-4 * 1_000_000_000, trade_id=8)]
+    block = TradeColumns.from_events("BTC-USDT", rows)
+    for skew in (5 * 1_000_000_000, None):
+        good, bad = validate_columns(block, 0, skew)
+        want_good, want_bad = validate(rows, 0, skew)
+        # repr: a NaN is not equal to itself.
+        assert good.events() == want_good and repr(bad) == repr(want_bad) and len(bad) == (5 if skew else 4)
+    assert validate_columns(TradeColumns.from_events("BTC-USDT", [t]), 0, None)[1] == []
+    good, bad = validate_columns(TradeColumns.from_events("BTC-USDT", rows[1:3]), 0, None)
+    assert good is None and len(bad) == 2
+
+
+def test_process_frame_splits_a_block_into_good_rows_and_dead_letters():
+    rows = [["105433.6", "0.5", 1762795433.5, "b", "l", "", 1], ["-3.0", "0.5", 1762795433.6, "s", "l", "", 2],
+            ["105433.8", "0.5", 1762795433.7, "s", "l", "", 3]]
+    text = json.dumps({"error": [], "result": {"XBTUSDT": rows, "last": "1"}})
+    res = process_frame(KrakenRestAdapter(), text, 5, None)
+    expected = _kraken_rest_expected(text)
+    assert res.events == [expected[0], expected[2]] and len(res.events) == 2
+    [dl] = res.dead_letters
+    assert dl.reason == "ValidationError: bad price: px=-3.0 (must be positive and finite)"
+    assert (dl.symbol, dl.detail, dl.raw, dl.recv_ns) == ("BTC-USDT", repr(expected[1]), text.encode(), 5)
 
 
 # --- sim ---------------------------------------------------------------------------------------

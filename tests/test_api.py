@@ -34,8 +34,10 @@ from api.telemetry import Telemetry, render_prometheus
 from core import subjects
 from core.config import Config, NatsConfig
 from core.natsserver import free_port
-from core.schema import CODEC, HDR_MSG_ID, Bar, TradeBatch, bar_msg_id, batch_msg_id
+from core.schema import Codec, HDR_MSG_ID, Bar, TradeBatch, bar_msg_id, batch_msg_id
 from tests.conftest import shared_file
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import pytest
 from core import subjects
 from core.cli import main as tickmesh_main
 from core.config import StreamsConfig
-from core.schema import CODEC, HDR_REASON, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import Codec, HDR_REASON, DeadLetter, QuoteBatch, TradeBatch
 from core.streams import DLQ_STREAM, MD_STREAM, ensure
 from edge.adapters.kraken import KrakenAdapter
 from edge.collector import collect
@@ -22,6 +22,8 @@ from edge.publisher import BatchPublisher
 from edge.readers import RECORDED
 from tests.conftest import shared_file
 from tests.test_publisher import WAIT_S, read_stream
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 
 def recorded_lines(relpath: str) -> list[tuple[int, str]]:

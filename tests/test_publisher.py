@@ -9,13 +9,16 @@ import pytest
 
 from core import subjects
 from core.config import StreamsConfig
-from core.schema import CODEC, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import Codec, HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, DeadLetter, QuoteBatch, TradeBatch
 from core.streams import DLQ_STREAM, MD_STREAM, ensure
 from edge.adapters.coinbase import CoinbaseAdapter
-from edge.events import Quote, Trade
+from edge.adapters.kraken_rest import KrakenRestAdapter
+from edge.events import FrameEvents, Quote, Trade
 from edge.publisher import BatchPublisher
 from edge.recorded import open_recorded
 from tests.conftest import shared_file
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 WAIT_S = 20.0
 
@@ -217,3 +220,106 @@ async def test_shift_offsets_apply_to_events_added_after_it_even_in_an_open_buff
     assert got == expect
     # At least one batch holds events from both sides of the shift (two offset segments).
     assert any(min(b.columns()["trade_id"]) < id_step <= max(b.columns()["trade_id"]) for b in batches)
+
+
+def kraken_rest_events() -> tuple[int, FrameEvents]:
+    """(recv_ns, parsed events) of the recorded Kraken REST response: one block of 1,000 trades."""
+    text = shared_file("ticks/kraken_xbtusdt_trades_rest.json").read_text()
+    events = KrakenRestAdapter().parse(text, 0)
+    assert isinstance(events, FrameEvents) and len(events) == 1000
+    return events[-1].ts_ns, events
+
+
+async def captured_publishes(nc, js, feed, **kwargs) -> list[tuple[str, str, bytes]]:
+    """(subject, Nats-Msg-Id, payload) of every MD message a publisher sends while ``feed(pub)`` runs."""
+    seen: list = []
+
+    async def on_msg(m):
+        seen.append((m.subject, m.headers[HDR_MSG_ID], m.data))
+
+    sub = await nc.subscribe("md.>", cb=on_msg)
+    pub = BatchPublisher(js, "kraken", **kwargs)
+    async with pub:
+        await feed(pub)
+
+    async def all_seen():
+        while len(seen) < pub.stats.batches:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(all_seen(), WAIT_S)
+    await sub.unsubscribe()
+    assert len(seen) == pub.stats.batches and pub.stats.publish_errors == 0
+    return seen
+
+
+async def test_blocks_publish_the_same_batches_as_their_events_one_by_one(nc, js):
+    recv_ns, events = kraken_rest_events()
+    singles = list(events)
+    other = Trade("ETH-USD", 1_700_000_000_000_000_000, 2000.0, 1.0, -1, 5)
+    # 1,000 rows, 3 loops, 300 per batch: blocks are cut inside and across frames and shifts, and a
+    # single event of the same symbol sits between two blocks.
+    kwargs = dict(max_batch=300, flush_ms=1e12, flush_clock="recv")
+
+    async def as_blocks(pub):
+        for loop in range(3):
+            pub.shift(loop * 10**12, loop * 10**9)
+            await pub.add(events, recv_ns)
+            await pub.add([other._replace(trade_id=loop), singles[loop]], recv_ns + 1)
+
+    async def one_by_one(pub):
+        for loop in range(3):
+            pub.shift(loop * 10**12, loop * 10**9)
+            for ev in singles:
+                await pub.add([ev], recv_ns)
+            await pub.add([other._replace(trade_id=loop)], recv_ns + 1)
+            await pub.add([singles[loop]], recv_ns + 1)
+
+    got = await captured_publishes(nc, js, as_blocks, **kwargs)
+    want = await captured_publishes(nc, js, one_by_one, **kwargs)
+    assert sorted(got, key=lambda m: m[0]) == sorted(want, key=lambda m: m[0])  # per subject, in order
+    batches = [CODEC.decode(data) for _, _, data in got]
+    assert [len(b) for b in batches if b.symbol == "BTC-USDT"] == [300] * 10 + [3]
+    ids = np.concatenate([b.columns()["trade_id"] for b in batches if b.symbol == "BTC-USDT"])
+    assert ids.tolist() == [ev.trade_id + loop * 10**9 for loop in range(3) for ev in singles + [singles[loop]]]
+
+
+async def test_drop_overflow_splits_a_block(js):
+    recv_ns, events = kraken_rest_events()
+    async with BatchPublisher(js, "kraken", max_pending_events=700, overflow="drop", flush_clock="recv") as pub:
+        assert await pub.add(events, recv_ns) == 700
+    assert (pub.stats.events, pub.stats.overflow_dropped) == (700, 300)
+    trades, _ = decode_md(await read_stream(js, MD_STREAM))
+    ids = np.concatenate([b.columns()["trade_id"] for b in trades]).tolist()
+    assert ids == [ev.trade_id for ev in events[:700]]
+    dlq = [CODEC.decode(m.data) for m in await read_stream(js, DLQ_STREAM)]
+    assert [d.detail.split("; by symbol: ")[1] for d in dlq] == ["BTC-USDT=300"]
+
+
+async def test_an_unanswered_publish_times_out_and_is_retried_then_given_up(nc):
+    # A plain subscriber owns md.> (no stream): the server does not answer "no responders",
+    # and nobody acks, so only the ack timeout can settle the batch.
+    got: list = []
+
+    async def silent(msg):
+        got.append(msg.subject)
+
+    await nc.subscribe("md.>", cb=silent)
+    pub = BatchPublisher(nc.jetstream(), "coinbase", flush_clock="recv", max_attempts=2, ack_timeout_s=0.2)
+    trade = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    await pub.add([trade], trade.ts_ns)
+    await asyncio.wait_for(pub.close(), WAIT_S)
+    s = pub.stats
+    assert (s.publish_errors, s.publish_failed, s.batches, pub.pending) == (2, 1, 0, 0)
+    assert "no ack within 0.2 s" in s.last_error and got == ["md.coinbase.trade.BTC-USD"] * 2
+
+
+async def test_an_error_reply_is_a_failed_attempt_with_the_servers_reason(nc):
+    js = nc.jetstream()
+    await js.add_stream(name="TINY", subjects=["md.>"], max_msg_size=64)  # any batch is too large
+    pub = BatchPublisher(js, "coinbase", flush_clock="recv", max_attempts=2)
+    trade = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    await pub.add([trade], trade.ts_ns)
+    await asyncio.wait_for(pub.close(), WAIT_S)
+    s = pub.stats
+    assert (s.publish_errors, s.publish_failed, s.batches) == (2, 1, 0)
+    assert "BadRequestError" in s.last_error and "message size exceeds maximum" in s.last_error

@@ -5,7 +5,9 @@ import pytest
 
 from core import subjects
 from core.errors import SchemaError, SubjectError
-from core.schema import CODEC, Bar, DeadLetter, QuoteBatch, TradeBatch, bar_msg_id, batch_msg_id, json_schema
+from core.schema import Codec, Bar, DeadLetter, QuoteBatch, TradeBatch, bar_msg_id, batch_msg_id, json_schema
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 
 def _trades(**over):

@@ -10,10 +10,12 @@ import pytest
 
 from core import streams, subjects
 from core.config import StreamsConfig
-from core.schema import CODEC, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, bar_msg_id, batch_msg_id
+from core.schema import Codec, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, bar_msg_id, batch_msg_id
 from core.sink import METRICS_SUBJECT, Sink
 from core.store import Store
 from tests.test_store import binance_bars, binance_frame_dead_letter, huobi_quotes, kraken_trades
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 WAIT_S = 30.0
 

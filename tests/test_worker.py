@@ -19,8 +19,10 @@ from core import streams, subjects
 from core.bar_worker import BarWorker
 from core.bars import BarBuilder
 from core.config import StreamsConfig, WorkerConfig
-from core.schema import CODEC, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, batch_msg_id
+from core.schema import Codec, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, batch_msg_id
 from tests.conftest import shared_file
+
+CODEC = Codec()  # one codec for this module, as every component builds its own
 
 ROOT = Path(__file__).resolve().parents[1]
 HOUR_NS = 3_600_000_000_000

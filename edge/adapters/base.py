@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar, Mapping
+
+import numpy as np
 
 from core.errors import ParseError, UnknownSymbolError
 from edge.events import Event
@@ -18,6 +21,7 @@ from edge.events import Event
 __all__ = [
     "Adapter",
     "decimal_to_ns",
+    "decimals_to_ns",
     "derive_id",
     "IsoTimeParser",
     "INT63_MASK",
@@ -50,6 +54,62 @@ def decimal_to_ns(text: str, exponent: int = 0) -> int:
             return int(whole + frac) * _POW10[digits - n]
         return int(whole + frac[:digits])
     raise ParseError(f"not a decimal time: {text!r}")
+
+
+# decimals_to_ns reads a window of bytes around each decimal point: 10 digits before it (epoch
+# seconds), the point, 9 after it (nanoseconds); each position's weight in ns.
+_WINDOW = np.arange(-10, 10)
+_WINDOW_NS = np.array([10 ** (8 - int(k)) if k < 0 else (10 ** (9 - int(k)) if k > 0 else 0) for k in _WINDOW],
+                      dtype=np.int64)
+_DIGIT_0, _DOT, _SPACE = 48, 46, 32
+
+
+def decimals_to_ns(texts: Sequence[bytes]) -> np.ndarray | None:
+    """Vectorized :func:`decimal_to_ns` of many decimal texts of seconds, e.g. ``b"1762795433.9717445"``.
+
+    Exact, with integer NumPy arithmetic: the texts are joined into one buffer and the digits
+    around each decimal point are weighted by their power of ten; fraction digits beyond
+    nanoseconds are truncated, as in :func:`decimal_to_ns`.
+
+    Args:
+        texts: bytes-like objects (``bytes``, ``msgspec.Raw``), one number each.
+
+    Returns:
+        int64 ns per text, or None unless every text is plain ``<1-10 digits>.<digits>`` below
+        ``9e9`` seconds (a sign, an exponent, no point, a quote...): the caller then takes an
+        exact per-text path with its own error messages.
+    """
+    n = len(texts)
+    if not n:
+        return np.empty(0, np.int64)
+    flat = np.frombuffer(b" ".join(texts), np.uint8)
+    dots = np.flatnonzero(flat == _DOT)
+    seps = np.flatnonzero(flat == _SPACE)
+    if len(dots) != n or len(seps) != n - 1:
+        return None
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    starts[1:] = seps + 1
+    ends = np.empty(n, np.int64)
+    ends[:-1] = seps
+    ends[-1] = len(flat)
+    first = starts - dots  # window offset of the first digit: -(digits before the point)
+    stop = ends - dots  # 1 + digits after the point
+    # One point per text (both arrays are sorted, so dots[i] must fall inside text i), 1 to 10
+    # digits before it, and only digits besides points and separators.
+    if not ((first <= -1).all() and (first >= -10).all() and (stop >= 1).all()):
+        return None
+    if not ((flat - np.uint8(_DIGIT_0) <= 9) | (flat == _DOT) | (flat == _SPACE)).all():
+        return None
+    ten_digits = first == -10
+    if ten_digits.any() and (flat[starts[ten_digits]] > _DIGIT_0 + 8).any():
+        return None  # 9e9 s and more would overflow int64 ns
+    padded = np.zeros(len(flat) + 20, np.uint8)
+    padded[10:-10] = flat
+    window = padded[dots[:, None] + (_WINDOW + 10)]
+    inside = (_WINDOW >= first[:, None]) & (_WINDOW < stop[:, None]) & (_WINDOW != 0)
+    digits = np.where(inside, window - np.uint8(_DIGIT_0), np.uint8(0)).astype(np.int64)
+    return digits @ _WINDOW_NS
 
 
 def derive_id(key: str) -> int:
@@ -200,12 +260,14 @@ class Adapter:
         """
         raise NotImplementedError
 
-    def parse(self, raw: str | bytes, recv_ns: int) -> list[Event]:
+    def parse(self, raw: str | bytes, recv_ns: int) -> Sequence[Event]:
         """Normalizes one frame.
 
         Returns:
             The frame's events, or ``[]`` for a recognized control frame (also counted in
-            ``control_frames``).
+            ``control_frames``). Usually a list; an adapter of bulk frames may return a
+            :class:`~edge.events.FrameEvents` whose ``items`` hold columnar
+            :class:`~edge.events.TradeColumns` blocks (still a sequence of events to its callers).
 
         Raises:
             UnknownChannelError: the frame belongs to a channel this adapter does not handle.
