@@ -30,7 +30,7 @@ class AckedPublisher:
         ack_timeout_s: how long ``publish`` and ``wait`` wait for acks before giving up.
     """
 
-    def __init__(self, nc, max_inflight: int = 1024, ack_timeout_s: float = 10.0) -> None:
+    def __init__(self, nc, max_inflight: int = 4096, ack_timeout_s: float = 10.0) -> None:
         self._nc = nc
         self._max_inflight = max_inflight
         self._ack_timeout_s = ack_timeout_s
