@@ -37,7 +37,7 @@ from core.errors import SchemaError, TickmeshError
 from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, Codec, DeadLetter, TradeBatch,
                          bar_msg_id)
 
-__all__ = ["WorkerStats", "BarWorker", "register"]
+__all__ = ["WorkerStats", "BarWorker", "WorkerGapError", "register"]
 
 log = logging.getLogger("tickmesh.worker")
 
@@ -48,6 +48,10 @@ _SCHEMA = str(SCHEMA_VERSION)
 class _Snapshot(msgspec.Struct, array_like=True):
     last_seq: int
     builder: bytes
+
+
+class WorkerGapError(TickmeshError):
+    """The worker saw a delivery sequence jump: it restarts from its snapshot instead of losing trades."""
 
 
 class WorkerStats(msgspec.Struct):
@@ -83,6 +87,7 @@ class BarWorker:
         self._builder = BarBuilder(list(cfg.timeframes), lateness_ns=int(cfg.lateness_ms * 1e6))
         self._kv = None
         self._sub = None
+        self._consumer_seq = 0
 
     def __repr__(self) -> str:
         return f"BarWorker(name={self.name!r}, timeframes={list(self.cfg.timeframes)})"
@@ -113,7 +118,10 @@ class BarWorker:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
             opt_start_seq=start_seq + 1 if start_seq else None)
         await self.js.add_consumer(streams.MD_STREAM, config)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=streams.MD_STREAM)
+        self._consumer_seq = 0  # a new consumer counts its deliveries from 1
         log.info("worker %s starting after stream seq %d", self.name, start_seq)
 
     @property
@@ -144,7 +152,12 @@ class BarWorker:
     async def on_chunk(self, msgs: list) -> None:
         """Handles one fetched chunk: bars out, acks in, snapshot in between."""
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
+            meta = msg.metadata
+            if meta.sequence.consumer != self._consumer_seq + 1:
+                raise WorkerGapError(f"delivery {meta.sequence.consumer} after {self._consumer_seq}: a message "
+                                     "was not seen")
+            self._consumer_seq = meta.sequence.consumer
+            seq = meta.sequence.stream
             if seq <= self.stats.last_seq:
                 continue  # redelivered and already in the snapshot
             await self.on_trades(msg)
