@@ -345,15 +345,24 @@ class Store:
                                         column_formats=column_formats)
             return list(result.named_results())
 
-    @staticmethod
-    def _range(start_ns: int | None, end_ns: int | None, limit: int) -> dict[str, int]:
+    def _last_in_range(self, table: str, time_col: str, order: tuple[str, ...], filters: dict[str, str],
+                       start_ns: int | None, end_ns: int | None, limit: int) -> list[dict]:
+        """The LAST ``limit`` rows of ``table`` with ``start_ns <= time_col < end_ns`` matching
+        ``filters`` (column -> value, all String), returned ascending by ``order``."""
         if limit < 0:
             raise StoreError(f"limit must be >= 0, got {limit}")
-        return {
-            "start_ns": _INT64_MIN if start_ns is None else int(start_ns),
-            "end_ns": _INT64_MAX if end_ns is None else int(end_ns),
-            "limit": int(limit),
-        }
+        params = {**filters, "start_ns": _INT64_MIN if start_ns is None else int(start_ns),
+                  "end_ns": _INT64_MAX if end_ns is None else int(end_ns), "limit": int(limit)}
+        where = " AND ".join(f"{col} = {{{col}:String}}" for col in filters)
+        cols = ", ".join(name for name, _ in TABLES[table])
+        asc = ", ".join(order)
+        desc = ", ".join(f"{col} DESC" for col in order)
+        return self._rows(
+            table,
+            f"SELECT * FROM (SELECT {cols} FROM {{db}}.{table} FINAL WHERE {where} "
+            f"AND {time_col} >= {{start_ns:Int64}} AND {time_col} < {{end_ns:Int64}} "
+            f"ORDER BY {desc} LIMIT {{limit:UInt64}}) ORDER BY {asc}",
+            params)
 
     def symbols(self) -> list[dict]:
         """Every (venue, symbol) with trades: ``venue, symbol, trades, first_ns, last_ns``."""
@@ -372,15 +381,8 @@ class Store:
         Raises:
             StoreError: a negative limit, or the query failed.
         """
-        params = {"venue": venue, "symbol": symbol, "tf": tf, **self._range(start_ns, end_ns, limit)}
-        cols = ", ".join(name for name, _ in TABLES["bars"])
-        return self._rows(
-            "bars",
-            f"SELECT * FROM (SELECT {cols} FROM {{db}}.bars FINAL "
-            "WHERE venue = {venue:String} AND symbol = {symbol:String} AND tf = {tf:String} "
-            "AND start_ns >= {start_ns:Int64} AND start_ns < {end_ns:Int64} "
-            "ORDER BY start_ns DESC LIMIT {limit:UInt64}) ORDER BY start_ns",
-            params)
+        return self._last_in_range("bars", "start_ns", ("start_ns",), {"venue": venue, "symbol": symbol, "tf": tf},
+                                   start_ns, end_ns, limit)
 
     def trades(self, venue: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None,
                limit: int = 1000) -> list[dict]:
@@ -391,15 +393,8 @@ class Store:
         Raises:
             StoreError: a negative limit, or the query failed.
         """
-        params = {"venue": venue, "symbol": symbol, **self._range(start_ns, end_ns, limit)}
-        cols = ", ".join(name for name, _ in TABLES["trades"])
-        return self._rows(
-            "trades",
-            f"SELECT * FROM (SELECT {cols} FROM {{db}}.trades FINAL "
-            "WHERE venue = {venue:String} AND symbol = {symbol:String} "
-            "AND ts_ns >= {start_ns:Int64} AND ts_ns < {end_ns:Int64} "
-            "ORDER BY ts_ns DESC, trade_id DESC LIMIT {limit:UInt64}) ORDER BY ts_ns, trade_id",
-            params)
+        return self._last_in_range("trades", "ts_ns", ("ts_ns", "trade_id"), {"venue": venue, "symbol": symbol},
+                                   start_ns, end_ns, limit)
 
     def quotes(self, venue: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None,
                limit: int = 1000) -> list[dict]:
@@ -410,15 +405,8 @@ class Store:
         Raises:
             StoreError: a negative limit, or the query failed.
         """
-        params = {"venue": venue, "symbol": symbol, **self._range(start_ns, end_ns, limit)}
-        cols = ", ".join(name for name, _ in TABLES["quotes"])
-        return self._rows(
-            "quotes",
-            f"SELECT * FROM (SELECT {cols} FROM {{db}}.quotes FINAL "
-            "WHERE venue = {venue:String} AND symbol = {symbol:String} "
-            "AND ts_ns >= {start_ns:Int64} AND ts_ns < {end_ns:Int64} "
-            "ORDER BY ts_ns DESC, recv_ns DESC LIMIT {limit:UInt64}) ORDER BY ts_ns, recv_ns",
-            params)
+        return self._last_in_range("quotes", "ts_ns", ("ts_ns", "recv_ns"), {"venue": venue, "symbol": symbol},
+                                   start_ns, end_ns, limit)
 
     def dead_letters(self, stage: str | None = None, limit: int = 100) -> list[dict]:
         """The most recent dead letters (by receive time), newest first; ``raw`` as bytes.
