@@ -34,8 +34,8 @@ from core._jspublish import AckedPublisher
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
 from core.errors import SchemaError, TickmeshError
-from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, Codec, DeadLetter, TradeBatch,
-                         bar_msg_id)
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Codec, DeadLetter,
+                         TradeBatch, bar_msg_id, traceparent)
 
 __all__ = ["WorkerStats", "BarWorker", "WorkerGapError", "register"]
 
@@ -181,10 +181,13 @@ class BarWorker:
             return
         self.stats.trades += len(batch)
         bars, late = self._builder.update(batch), self._builder.late_trades()
+        # Bars this batch closed continue its trace.
+        parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
         for bar in bars:
             key = (bar.tf, bar.venue, bar.symbol)
             subject = self._bar_subjects.get(key) or self._bar_subjects.setdefault(key, subjects.bar(*key))
-            await self._out.publish(subject, self._codec.encode(bar), {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA})
+            await self._out.publish(subject, self._codec.encode(bar), {
+                HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: traceparent(parent)})
         self.stats.bars += len(bars)
         for i, entry in enumerate(late):
             self.stats.late_trades += len(entry.trades)

@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from typing import Annotated, ClassVar, Union
 
 import msgspec
@@ -43,6 +45,7 @@ __all__ = [
     "batch_msg_id",
     "bar_msg_id",
     "json_schema",
+    "traceparent",
 ]
 
 SCHEMA_VERSION = 1
@@ -229,6 +232,20 @@ def batch_msg_id(kind: str, batch: TradeBatch | QuoteBatch) -> str:
 def bar_msg_id(bar: Bar) -> str:
     """Deterministic Nats-Msg-Id of a bar: its identity (timeframe, venue, symbol, start)."""
     return f"bar.{bar.tf}.{bar.venue}.{bar.symbol}.{bar.start_ns}"
+
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def traceparent(parent: str | None = None) -> str:
+    """A W3C ``traceparent`` header value for a new span.
+
+    Continues the trace of ``parent`` (a received ``traceparent``) when it is valid, otherwise
+    starts a new trace: the edge starts one per batch, and each stage passes it on.
+    """
+    match = _TRACEPARENT.match(parent) if parent else None
+    trace_id = match.group(1) if match else os.urandom(16).hex()
+    return f"00-{trace_id}-{os.urandom(8).hex()}-01"
 
 
 def json_schema() -> dict:

@@ -50,8 +50,8 @@ import numpy as np
 
 from core import subjects
 from core.errors import SchemaError, SubjectError
-from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, SCHEMA_VERSION, Codec, DeadLetter,
-                         QuoteBatch, TradeBatch, batch_msg_id)
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Codec, DeadLetter,
+                         QuoteBatch, TradeBatch, batch_msg_id, traceparent)
 from edge.events import Event, FrameEvents, Quote, Trade, TradeColumns
 from edge.metrics import EdgeStats
 
@@ -656,7 +656,7 @@ class BatchPublisher:
             self.stats.trades += n
         else:
             self.stats.quotes += n
-        headers = {HDR_MSG_ID: batch_msg_id(kind, batch), HDR_SCHEMA: _SCHEMA}
+        headers = {HDR_MSG_ID: batch_msg_id(kind, batch), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: traceparent()}
         self._ready.append(_Item(subject, self._codec.encode(batch), headers, n, True))
 
     def _enqueue_dead_letter(self, dl: DeadLetter, ordinal: int = 0) -> None:

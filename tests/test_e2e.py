@@ -21,6 +21,7 @@ from edge.collector import collect
 from edge.publisher import BatchPublisher
 from edge.readers import reader_for
 from tests.conftest import shared_file
+from tests.test_worker import stream_messages
 
 KRAKEN_REST = "ticks/kraken_xbtusdt_trades_rest.json"
 COINBASE_WS = "ws/coinbase.ws.txt"
@@ -116,6 +117,10 @@ async def test_recorded_trades_to_api_bars_equal_offline_and_independent_bars(nc
         await task
     n_bars = (await js.stream_info(streams.BARS_STREAM)).state.messages
     assert n_bars > 100
+    # Trace context: every batch from the edge starts a trace, every bar continues one of them.
+    edge_traces = {m.headers["traceparent"].split("-")[1] for m in await stream_messages(js, streams.MD_STREAM)}
+    bar_traces = {m.headers["traceparent"].split("-")[1] for m in await stream_messages(js, streams.BARS_STREAM)}
+    assert bar_traces and bar_traces <= edge_traces
 
     # Offline: `tickmesh bars` on the same files.
     offline = {}

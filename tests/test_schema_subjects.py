@@ -5,7 +5,7 @@ import pytest
 
 from core import subjects
 from core.errors import SchemaError, SubjectError
-from core.schema import Codec, Bar, DeadLetter, QuoteBatch, TradeBatch, bar_msg_id, batch_msg_id, json_schema
+from core.schema import Bar, Codec, DeadLetter, QuoteBatch, TradeBatch, bar_msg_id, batch_msg_id, json_schema, traceparent
 
 CODEC = Codec()  # one codec for this module, as every component builds its own
 
@@ -82,3 +82,12 @@ def test_subject_parse_families():
             subjects.parse(bad) if bad != "bar.2m.x.y" else subjects.bar("2m", "x", "y")
     with pytest.raises(SubjectError):
         subjects.md("Kraken", "trade", "x")
+
+
+def test_traceparent_starts_or_continues_a_w3c_trace():
+    first = traceparent()
+    version, trace_id, span_id, flags = first.split("-")
+    assert (version, flags) == ("00", "01") and len(trace_id) == 32 and len(span_id) == 16
+    child = traceparent(first)
+    assert child.split("-")[1] == trace_id and child.split("-")[2] != span_id
+    assert traceparent("garbage").split("-")[1] != trace_id
