@@ -33,7 +33,7 @@ from core import streams, subjects
 from core._jspublish import AckedPublisher
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
-from core.errors import SchemaError, TickmeshError
+from core.errors import SchemaError, TickmeshError, ValidationError
 from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Codec, DeadLetter,
                          TradeBatch, bar_msg_id, traceparent)
 
@@ -175,12 +175,14 @@ class BarWorker:
             batch = self._codec.decode(msg.data)
             if not isinstance(batch, TradeBatch):
                 raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
-            batch.columns()  # validates column lengths before the builder sees them
-        except SchemaError as exc:
+            # The builder checks columns and values (NaN, negative size, ...) and leaves its state
+            # unchanged when it refuses a batch: a poison message is dead-lettered, not retried forever.
+            bars = self._builder.update(batch)
+        except (SchemaError, ValidationError) as exc:
             await self._dead_letter(msg, str(exc), msg.data)
             return
         self.stats.trades += len(batch)
-        bars, late = self._builder.update(batch), self._builder.late_trades()
+        late = self._builder.late_trades()
         # Bars this batch closed continue its trace.
         parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
         for bar in bars:

@@ -118,6 +118,9 @@ async def test_late_and_garbage_input_is_dead_lettered_and_the_worker_goes_on(nc
     await publish(js, [good, late])
     await js.publish("md.kraken.trade.BTC-USDT", b"\xc1 not msgpack")
     await js.publish("md.kraken.trade.BTC-USDT", CODEC.encode(Bar("kraken", "BTC-USDT", "1s", 0, *[1.0] * 6, 1, 0.0, 0.0)))
+    nan = TradeBatch.from_columns("kraken", "BTC-USDT", ts_ns=[int(cols["ts_ns"][-1])], recv_ns=[1],
+                                  px=[float("nan")], qty=[1.0], side=[1], trade_id=[44])
+    await publish(js, [nan])  # a poison message: refused by the builder, dead-lettered, not retried
     after = TradeBatch.from_columns("kraken", "BTC-USDT", ts_ns=[int(cols["ts_ns"][-1]) + 7200 * 10**9],
                                     recv_ns=[1], px=[1.0], qty=[1.0], side=[1], trade_id=[43])
     await publish(js, [after])
@@ -125,7 +128,7 @@ async def test_late_and_garbage_input_is_dead_lettered_and_the_worker_goes_on(nc
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        await wait_until(lambda: _done(worker, 5))
+        await wait_until(lambda: _done(worker, 6))
     finally:
         stop.set()
         await task
@@ -134,8 +137,9 @@ async def test_late_and_garbage_input_is_dead_lettered_and_the_worker_goes_on(nc
     assert len([r for r in reasons if r.startswith("late: 1 trades after the")]) == 4  # 1s 5s 1m 5m
     assert any("undecodable" in r for r in reasons)
     assert any("expected a TradeBatch" in r for r in reasons)
+    assert any("px=nan" in r and "must be finite" in r for r in reasons)
     assert all(isinstance(d, DeadLetter) and d.stage == "worker" and d.venue == "kraken" for _, d in letters)
-    assert worker.stats.late_trades == 4 and worker.stats.dead_letters == 6
+    assert worker.stats.late_trades == 4 and worker.stats.dead_letters == 7
     # The trade after the gap closed every open bar, the 1h bar holding the late trade included.
     bars = [CODEC.decode(m.data) for m in await stream_messages(js, streams.BARS_STREAM)]
     hour = [b for b in bars if b.tf == "1h"]
