@@ -146,15 +146,29 @@ async def _replay(args: argparse.Namespace, cfg: Config, reader, adapter) -> int
                          max_batch=cfg.edge.max_batch, max_pending_events=cfg.edge.max_pending_events,
                          overflow="block", flush_clock="recv")
     started = time.perf_counter()
+    progress = asyncio.create_task(_progress(pub.stats, started)) if sys.stderr.isatty() else None
     try:
         interrupted = await _run_until_interrupted(
             replay_loops(reader, args.file, adapter, pub, loops=args.loop, speed=args.speed, metrics_nc=nc))
     finally:
+        if progress is not None:
+            progress.cancel()
+            print(file=sys.stderr)
         await _close(pub, nc)
     elapsed_s = time.perf_counter() - started
     title = f"replayed {args.file} ({reader.name}, venue {adapter.venue}) x{args.loop}"
     print(format_summary(title + (" (interrupted)" if interrupted else ""), pub.stats, elapsed_s))
     return 130 if interrupted else 0
+
+
+async def _progress(stats, started: float, every_s: float = 0.5) -> None:
+    """One self-overwriting status line on a terminal while a long replay runs."""
+    while True:
+        await asyncio.sleep(every_s)
+        elapsed_s = time.perf_counter() - started
+        print(f"\rreplaying: {stats.frames:,} frames, {stats.events:,} events ({stats.events / elapsed_s:,.0f}/s), "
+              f"{stats.batches:,} batches stored, {stats.dead_letters:,} dead letters\x1b[K", end="", file=sys.stderr,
+              flush=True)
 
 
 async def replay_loops(reader, path, adapter, publisher, *, loops: int = 1, speed: float | None = None,
