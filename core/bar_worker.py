@@ -84,13 +84,16 @@ class BarWorker:
         self.cfg = cfg
         self.name = name
         self.stats = WorkerStats()
-        self._builder = BarBuilder(list(cfg.timeframes), lateness_ns=int(cfg.lateness_ms * 1e6))
+        self._builder = self._new_builder()
         self._kv = None
         self._sub = None
         self._consumer_seq = 0
 
     def __repr__(self) -> str:
         return f"BarWorker(name={self.name!r}, timeframes={list(self.cfg.timeframes)})"
+
+    def _new_builder(self) -> BarBuilder:
+        return BarBuilder(list(self.cfg.timeframes), lateness_ns=int(self.cfg.lateness_ms * 1e6))
 
     async def on_start(self) -> None:
         """Restores the last snapshot and binds a consumer that starts right after it."""
@@ -104,7 +107,7 @@ class BarWorker:
             self._builder = BarBuilder.restore(snap.builder)
             start_seq = snap.last_seq
         except KeyNotFoundError:
-            self._builder = BarBuilder(list(self.cfg.timeframes), lateness_ns=int(self.cfg.lateness_ms * 1e6))
+            self._builder = self._new_builder()
         self.stats.last_seq = self.stats.restored_seq = start_seq
         # Whatever the consumer had delivered or acked, the snapshot is the truth: start after it.
         try:
