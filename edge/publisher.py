@@ -322,27 +322,9 @@ class BatchPublisher:
         if TradeColumns in map(type, events):
             return await self._add_items(events, sum(len(e) if type(e) is TradeColumns else 1 for e in events),
                                          recv_ns)
-        if self._task is None or self._closed:
-            if self._closed:
-                raise RuntimeError("BatchPublisher is closed")
-            self.start()
-        if self._pending + n > self.max_pending_events:
-            if self.overflow == "drop":
-                room = max(0, self.max_pending_events - self._pending)
-                self._count_drop(events[room:], recv_ns)
-                if not room:
-                    return 0
-                events = events[:room]
-                n = room
-            else:
-                await self._wait_for_room(n)
-        self._pending += n
-        self.stats.events += n
-        if self._ts_offset_ns:
-            recv_ns += self._ts_offset_ns  # ages and the recv_ns column use the shifted time
-        if recv_ns - self._oldest_recv_ns >= self.flush_ns and self._buffers:
-            self._seal_aged(recv_ns - self.flush_ns, None)
-            await self._pump()
+        events, n, recv_ns = await self._admit(events, n, recv_ns)
+        if not n:
+            return 0
         first = events[0]
         cls, symbol = first.__class__, first[0]
         if n == 1:
@@ -372,10 +354,13 @@ class BatchPublisher:
             await self._pump()
         return n
 
-    async def _add_items(self, items: list[Event | TradeColumns], n: int, recv_ns: int) -> int:
-        """:meth:`add` for a frame with columnar blocks: ``n`` events in ``items``."""
-        if not n:
-            return 0
+    async def _admit(self, items: list, n: int, recv_ns: int) -> tuple[list, int, int]:
+        """Applies the memory bound to ``n`` events in ``items`` and seals aged buffers.
+
+        Returns:
+            The accepted items, their event count (0: all dropped) and the receive time shifted
+            by the replay offset (ages and the recv_ns column use the shifted time).
+        """
         if self._task is None or self._closed:
             if self._closed:
                 raise RuntimeError("BatchPublisher is closed")
@@ -386,7 +371,7 @@ class BatchPublisher:
                 items, dropped = _split_items(items, room)
                 self._count_drop(dropped, recv_ns)
                 if not room:
-                    return 0
+                    return items, 0, recv_ns
                 n = room
             else:
                 await self._wait_for_room(n)
@@ -397,6 +382,15 @@ class BatchPublisher:
         if recv_ns - self._oldest_recv_ns >= self.flush_ns and self._buffers:
             self._seal_aged(recv_ns - self.flush_ns, None)
             await self._pump()
+        return items, n, recv_ns
+
+    async def _add_items(self, items: list[Event | TradeColumns], n: int, recv_ns: int) -> int:
+        """:meth:`add` for a frame with columnar blocks: ``n`` events in ``items``."""
+        if not n:
+            return 0
+        items, n, recv_ns = await self._admit(items, n, recv_ns)
+        if not n:
+            return 0
         sealed = False
         # In item order, so each (kind, symbol) gets its events in arrival order; a run of
         # single events of one key is appended at once.
