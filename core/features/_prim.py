@@ -1,0 +1,68 @@
+"""Recurrences many kernels share, written once in TA-Lib's arithmetic order.
+
+Each primitive advances per-row state for rows whose *local* bar count ``t`` is >= 0 (a composite
+kernel feeds a later stage from the point where the earlier stage's output starts) and leaves the
+other rows untouched. ``t`` counts the values this primitive has been fed before this one.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+__all__ = ["shift", "window_init", "ema_init", "ema", "sma_init", "sma"]
+
+NAN = float("nan")
+
+
+def window_init(xp: ModuleType, n: int, width: int):
+    """A history of ``width`` values per row, NaN until filled."""
+    return xp.full((n, width), NAN)
+
+
+def shift(xp: ModuleType, buf, x, live=None):
+    """``buf`` with ``x`` appended as the newest column (oldest dropped); rows where ``live`` is
+    False keep their history."""
+    new = xp.concatenate([buf[:, 1:], x[:, None]], axis=1)
+    if live is None:
+        return new
+    return xp.where(live[:, None], new, buf)
+
+
+def ema_init(xp: ModuleType, n: int) -> dict[str, Any]:
+    return {"sum": xp.zeros(n), "v": xp.full(n, NAN)}
+
+
+def ema(xp: ModuleType, s: dict[str, Any], x, t, period: int, k: float):
+    """TA-Lib's EMA: seeded by the SMA of the first ``period`` values, then
+    ``((x - prev) * k) + prev``. Returns the EMA (NaN before ``period`` values).
+
+    State ``s``: ``sum`` (seed accumulator), ``v`` (current value).
+    """
+    acc = s["sum"] + x
+    seeding = (t >= 0) & (t < period)
+    s["sum"] = xp.where(seeding, acc, s["sum"])
+    upd = ((x - s["v"]) * k) + s["v"]
+    v = xp.where(t == period - 1, acc / period, xp.where(t >= period, upd, s["v"]))
+    s["v"] = v
+    return v
+
+
+def sma_init(xp: ModuleType, n: int, period: int) -> dict[str, Any]:
+    return {"total": xp.zeros(n), "win": window_init(xp, n, period)}
+
+
+def sma(xp: ModuleType, s: dict[str, Any], x, t, period: int):
+    """TA-Lib's SMA: a running ``periodTotal`` that adds the new value, divides, then subtracts the
+    value leaving the window. Returns the SMA (NaN before ``period`` values).
+
+    State ``s``: ``total`` and ``win`` (the last ``period`` inputs, oldest first).
+    """
+    live = t >= 0
+    win = shift(xp, s["win"], x, live)
+    s["win"] = win
+    tmp = s["total"] + x
+    full = t >= period - 1
+    # TA-Lib subtracts the oldest value of the window right after using the total.
+    s["total"] = xp.where(live, xp.where(full, tmp - win[:, 0], tmp), s["total"])
+    return xp.where(full & live, tmp / period, NAN)
