@@ -16,6 +16,8 @@ from core.schema import Bar
 __all__ = [
     "BarOut",
     "TradeOut",
+    "FeatureRowOut",
+    "FeaturesOut",
     "SymbolOut",
     "SymbolsOut",
     "ErrorOut",
@@ -48,6 +50,23 @@ class BarOut(msgspec.Struct, frozen=True):
     @classmethod
     def from_bar(cls, bar: Bar) -> "BarOut":
         return cls(**msgspec.structs.asdict(bar))
+
+
+class FeatureRowOut(msgspec.Struct, frozen=True, array_like=True):
+    """One feature vector as ``[start_ns, [values...]]``; ``null`` where a feature is undefined."""
+
+    start_ns: int
+    values: list[float | None]
+
+
+class FeaturesOut(msgspec.Struct, frozen=True):
+    """Feature vectors of one series: ``names`` once, then one row per closed bar."""
+
+    venue: str
+    symbol: str
+    timeframe: str
+    names: list[str]
+    rows: list[FeatureRowOut]
 
 
 class TradeOut(msgspec.Struct, frozen=True):

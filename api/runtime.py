@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SINK_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 SINK_CONSUMERS = ((streams.MD_STREAM, streams.SINK_MD), (streams.BARS_STREAM, streams.SINK_BARS),
-                  (streams.DLQ_STREAM, streams.SINK_DLQ))
+                  (streams.FEAT_STREAM, streams.SINK_FEAT), (streams.DLQ_STREAM, streams.SINK_DLQ))
 _PROBE_TIMEOUT_S = 5.0  # one slow probe must not hold /health or /metrics for long
 _SINK_STOP_TIMEOUT_S = 30.0
 

@@ -10,7 +10,8 @@ Exactly-once by construction:
   effect is not in the snapshot, rebuilds the same bars, and the republished ones are dropped by the
   BARS stream's duplicate window (and by the sink's ReplacingMergeTree keys beyond it).
 
-Bars close on event time only (see `core.bars`), never on the wall clock, so a replay produces the same
+Within one trade batch, bars are published in end-time order, the longer timeframe first on a tie
+(so per venue and symbol the BARS stream is ordered by bar end). Bars close on event time only (see `core.bars`), never on the wall clock, so a replay produces the same
 bars as the live run. Late trades are dead-lettered on ``dlq.worker.<venue>`` with the reason and the
 trades themselves; the raw trades are stored by the sink regardless.
 """
@@ -26,16 +27,16 @@ import time
 import msgspec
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from core import streams, subjects
+from core._consumer import rebind
 from core._jspublish import AckedPublisher
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
 from core.errors import SchemaError, TickmeshError, ValidationError
-from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Codec, DeadLetter,
-                         TradeBatch, bar_msg_id, traceparent)
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, TIMEFRAME_NS, Codec,
+                         DeadLetter, TradeBatch, bar_msg_id, traceparent)
 
 __all__ = ["WorkerStats", "BarWorker", "WorkerGapError", "register"]
 
@@ -43,6 +44,11 @@ log = logging.getLogger("tickmesh.worker")
 
 METRICS_SUBJECT = "tickmesh.metrics.worker"
 _SCHEMA = str(SCHEMA_VERSION)
+
+
+def _end_then_longer(bar) -> tuple[int, int]:
+    tf_ns = TIMEFRAME_NS[bar.tf]
+    return bar.start_ns + tf_ns, -tf_ns
 
 
 class _Snapshot(msgspec.Struct, array_like=True):
@@ -109,21 +115,9 @@ class BarWorker:
         except KeyNotFoundError:
             self._builder = self._new_builder()
         self.stats.last_seq = self.stats.restored_seq = start_seq
-        # Whatever the consumer had delivered or acked, the snapshot is the truth: start after it.
-        try:
-            await self.js.delete_consumer(streams.MD_STREAM, self.name)
-        except NotFoundError:
-            pass
-        base = streams.consumer_configs()[streams.BARS_WORKER][1]
-        config = ConsumerConfig(
-            durable_name=self.name, ack_policy=base.ack_policy, filter_subject=base.filter_subject,
-            ack_wait=base.ack_wait, max_ack_pending=base.max_ack_pending,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
-            opt_start_seq=start_seq + 1 if start_seq else None)
-        await self.js.add_consumer(streams.MD_STREAM, config)
         if self._sub is not None:
             await self._sub.unsubscribe()
-        self._sub = await self.js.pull_subscribe_bind(self.name, stream=streams.MD_STREAM)
+        self._sub = await rebind(self.js, self.name, start_seq, kind=streams.BARS_WORKER)
         self._consumer_seq = 0  # a new consumer counts its deliveries from 1
         log.info("worker %s starting after stream seq %d", self.name, start_seq)
 
@@ -185,6 +179,9 @@ class BarWorker:
             await self._dead_letter(msg, str(exc), msg.data)
             return
         self.stats.trades += len(batch)
+        # Publish in end-time order, the longer timeframe first on a tie: a consumer joining a
+        # higher timeframe onto a lower one then always has the higher bar it needs already.
+        bars.sort(key=_end_then_longer)
         late = self._builder.late_trades()
         # Bars this batch closed continue its trace.
         parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None

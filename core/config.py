@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Mapping
+from typing import Annotated, Literal, Mapping
 
 import msgspec
 
@@ -60,6 +60,8 @@ class StreamsConfig(_Section):
     md_max_bytes: PositiveInt = 4 * 1024**3
     bars_max_age_s: Positive = 30 * 86400
     bars_max_bytes: PositiveInt = 1024**3
+    feat_max_age_s: Positive = 7 * 86400
+    feat_max_bytes: PositiveInt = 2 * 1024**3
     dlq_max_age_s: Positive = 30 * 86400
     dlq_max_bytes: PositiveInt = 256 * 1024**2
     duplicate_window_s: Positive = 120.0
@@ -98,6 +100,19 @@ class WorkerConfig(_Section):
             raise ValueError(f"unknown timeframes {unknown}; known: {list(TIMEFRAME_NS)}")
 
 
+class FeaturesConfig(_Section):
+    """The feature worker (bars in, feature vectors out).
+
+    ``reference`` is the symbol beta and correlation are measured against, on the same venue
+    and timeframe ("" leaves those features NaN).
+    """
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    reference: str = "BTC-USD"
+    fetch_batch: PositiveInt = 1024
+    snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+
 class StoreConfig(_Section):
     """ClickHouse. Empty ``dsn`` means embedded chDB under ``<data_dir>/clickhouse``."""
 
@@ -121,6 +136,7 @@ class Config(_Section):
     edge: EdgeConfig = EdgeConfig()
     sim: SimConfig = SimConfig()
     worker: WorkerConfig = WorkerConfig()
+    features: FeaturesConfig = FeaturesConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
 

@@ -39,11 +39,13 @@ __all__ = [
     "TradeBatch",
     "QuoteBatch",
     "Bar",
+    "FeatureVector",
     "DeadLetter",
     "Envelope",
     "Codec",
     "batch_msg_id",
     "bar_msg_id",
+    "feat_msg_id",
     "json_schema",
     "traceparent",
 ]
@@ -177,6 +179,35 @@ class Bar(msgspec.Struct, array_like=True, frozen=True, tag="bar"):
     last_recv_ns: int = 0
 
 
+class FeatureVector(msgspec.Struct, array_like=True, frozen=True, tag="feat"):
+    """The feature vector of one closed bar, on ``feat.<tf>.<venue>.<symbol>``.
+
+    ``values`` holds one little-endian float64 per name in ``names`` (NaN where a feature is
+    still warming up or undefined); `FeatureVector.array` decodes it without a copy. ``digest``
+    identifies the layout (`core.features.engine.names_digest`).
+    """
+
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    names: list[str]
+    values: bytes
+    digest: str = ""
+    # Receive time of the newest trade of the bar: lets consumers measure edge-to-feature latency.
+    last_recv_ns: int = 0
+
+    def array(self) -> np.ndarray:
+        """The values as a read-only float64 array.
+
+        Raises:
+            SchemaError: the byte length does not match ``names``.
+        """
+        if len(self.values) != 8 * len(self.names):
+            raise SchemaError(f"FeatureVector: {len(self.values)} value bytes for {len(self.names)} names")
+        return np.frombuffer(self.values, dtype="<f8")
+
+
 class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     """An input that a stage could not use, kept with the reason so nothing is silently dropped."""
 
@@ -189,7 +220,7 @@ class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     detail: str = ""
 
 
-Envelope = Union[TradeBatch, QuoteBatch, Bar, DeadLetter]
+Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, DeadLetter]
 
 
 class Codec:
@@ -232,6 +263,11 @@ def batch_msg_id(kind: str, batch: TradeBatch | QuoteBatch) -> str:
 def bar_msg_id(bar: Bar) -> str:
     """Deterministic Nats-Msg-Id of a bar: its identity (timeframe, venue, symbol, start)."""
     return f"bar.{bar.tf}.{bar.venue}.{bar.symbol}.{bar.start_ns}"
+
+
+def feat_msg_id(vec: FeatureVector) -> str:
+    """Deterministic Nats-Msg-Id of a feature vector: its bar's identity."""
+    return f"feat.{vec.tf}.{vec.venue}.{vec.symbol}.{vec.start_ns}"
 
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")

@@ -1,6 +1,6 @@
-"""The sink: JetStream market data, bars and dead letters into ClickHouse.
+"""The sink: JetStream market data, bars, feature vectors and dead letters into ClickHouse.
 
-Three durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_DLQ`) are drained
+Four durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_DLQ`) are drained
 concurrently. Each fetch of up to ``batch`` messages is decoded, grouped by type and written with
 one columnar insert per table through the Store's worker thread; messages are acked only after
 their insert succeeded. A failed insert leaves its messages unacked (negative ack with a delay) so
@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from core import streams
 from core.config import Config
 from core.errors import SchemaError, SubjectError, TickmeshError
-from core.schema import Bar, Codec, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import Bar, Codec, DeadLetter, FeatureVector, QuoteBatch, TradeBatch
 from core.store import Store
 from core.subjects import parse as parse_subject
 
@@ -55,10 +55,11 @@ class SinkStats(msgspec.Struct, kw_only=True):
     trades: int = 0  # trade rows inserted
     quotes: int = 0  # quote rows inserted
     bars: int = 0  # bar rows inserted
+    features: int = 0  # feature-vector rows inserted
     dead_letters: int = 0  # dead-letter rows inserted (from the DLQ stream and the sink's own)
     insert_errors: int = 0  # failed inserts (their messages were left for redelivery)
     fetch_errors: int = 0  # failed fetches other than an idle timeout
-    lag: int = 0  # messages not yet delivered, summed over the three consumers
+    lag: int = 0  # messages not yet delivered, summed over the consumers
 
 
 class _Source(NamedTuple):
@@ -72,6 +73,7 @@ class _Source(NamedTuple):
 _SOURCES = (
     _Source(streams.SINK_MD, streams.MD_STREAM, (TradeBatch, QuoteBatch)),
     _Source(streams.SINK_BARS, streams.BARS_STREAM, (Bar,)),
+    _Source(streams.SINK_FEAT, streams.FEAT_STREAM, (FeatureVector,)),
     _Source(streams.SINK_DLQ, streams.DLQ_STREAM, (DeadLetter,)),
 )
 
@@ -87,6 +89,10 @@ def _check(item: Any) -> None:
     elif isinstance(item, Bar):
         if not _fits_int64(item.start_ns, item.n_trades, item.last_recv_ns):
             raise SchemaError("Bar: start_ns, n_trades or last_recv_ns outside int64")
+    elif isinstance(item, FeatureVector):
+        item.array()  # one float64 per name
+        if not _fits_int64(item.start_ns, item.last_recv_ns):
+            raise SchemaError("FeatureVector: start_ns or last_recv_ns outside int64")
     elif isinstance(item, DeadLetter):
         if not _fits_int64(item.recv_ns):
             raise SchemaError("DeadLetter: recv_ns outside int64")
@@ -274,6 +280,8 @@ class Sink:
                 add("quotes", msg, item)
             elif isinstance(item, Bar):
                 add("bars", msg, item)
+            elif isinstance(item, FeatureVector):
+                add("features", msg, item)
             else:
                 add("dead_letters", msg, (item, seq))
 
@@ -281,6 +289,7 @@ class Sink:
             "trades": self._store.insert_trades,
             "quotes": self._store.insert_quotes,
             "bars": self._store.insert_bars,
+            "features": self._store.insert_features,
             "dead_letters": functools.partial(self._store.insert_dead_letters, stream=src.stream),
         }
         stored: list[Msg] = []

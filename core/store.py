@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from core.errors import StoreError
-from core.schema import Bar, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import Bar, DeadLetter, FeatureVector, QuoteBatch, TradeBatch
 
 __all__ = ["TABLES", "DDL", "Store"]
 
@@ -55,6 +55,11 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("vwap", "Float64"), ("n_trades", "Int64"), ("buy_volume", "Float64"), ("sell_volume", "Float64"),
         ("last_recv_ns", "Int64"),
     ),
+    # One row per feature vector: a Map so that SQL (Grafana) reads `values['rsi_14']`.
+    "features": (
+        ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"), ("digest", _LC),
+        ("values", "Map(LowCardinality(String), Float64)"), ("last_recv_ns", "Int64"),
+    ),
     "dead_letters": (
         ("stage", _LC), ("venue", _LC), ("symbol", _LC), ("reason", "String"), ("detail", "String"),
         ("raw", "String"), ("recv_ns", "Int64"), ("stream", _LC), ("stream_seq", "UInt64"),
@@ -66,6 +71,7 @@ _ORDER_BY = {
     "trades": "(venue, symbol, ts_ns, trade_id)",
     "quotes": "(venue, symbol, ts_ns, recv_ns)",
     "bars": "(venue, symbol, tf, start_ns)",
+    "features": "(venue, symbol, tf, start_ns)",
     # The stream is part of the key: sequences of different streams overlap, and the sink
     # dead-letters messages from several streams under one stage.
     "dead_letters": "(stage, venue, stream, stream_seq)",
@@ -303,6 +309,59 @@ class Store:
                     data.append(np.array(col, dtype=object))
         self._insert("bars", data)
         return len(bars)
+
+    def insert_features(self, vectors: Sequence[FeatureVector]) -> int:
+        """Inserts feature vectors, one row each.
+
+        Returns:
+            Number of rows written.
+
+        Raises:
+            StoreError: a vector is malformed or ClickHouse refused the insert.
+        """
+        if not vectors:
+            return 0
+        with self._guard("insert into features"):
+            maps = [dict(zip(v.names, v.array().tolist())) for v in vectors]
+            data = [[v.venue for v in vectors], [v.symbol for v in vectors], [v.tf for v in vectors],
+                    np.array([v.start_ns for v in vectors], dtype=np.int64), [v.digest for v in vectors], maps,
+                    np.array([v.last_recv_ns for v in vectors], dtype=np.int64)]
+        self._insert("features", data)
+        return len(vectors)
+
+    def features(self, venue: str, symbol: str, tf: str, names: Sequence[str] | None = None,
+                 start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000) -> dict:
+        """Feature vectors of one series with ``start_ns <= bar start < end_ns``, ascending by start.
+
+        Args:
+            names: the features wanted, in this order; None for every feature of the newest vector.
+            limit: at most this many vectors: the latest ones when the range holds more.
+
+        Returns:
+            ``{"names": [...], "start_ns": [...], "values": [[...], ...]}``, one values row per
+            vector, NaN where a feature is undefined or unknown to that vector.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        params = {"venue": venue, "symbol": symbol, "tf": tf, "limit": int(limit),
+                  "start_ns": _INT64_MIN if start_ns is None else int(start_ns),
+                  "end_ns": _INT64_MAX if end_ns is None else int(end_ns)}
+        where = ("venue = {venue:String} AND symbol = {symbol:String} AND tf = {tf:String} "
+                 "AND start_ns >= {start_ns:Int64} AND start_ns < {end_ns:Int64}")
+        if names is None:  # the newest vector's layout (a Map keeps its insertion order)
+            layout = self._rows("features", f"SELECT values FROM {{db}}.features FINAL WHERE {where} "
+                                "ORDER BY start_ns DESC LIMIT 1", params)
+            names = list(layout[0]["values"]) if layout else []
+        params["names"] = list(names)
+        rows = self._rows(
+            "features",
+            f"SELECT * FROM (SELECT start_ns, arrayMap(n -> if(mapContains(values, n), values[n], nan), "
+            f"{{names:Array(String)}}) AS v FROM {{db}}.features FINAL WHERE {where} "
+            "ORDER BY start_ns DESC LIMIT {limit:UInt64}) ORDER BY start_ns", params)
+        return {"names": list(names), "start_ns": [r["start_ns"] for r in rows], "values": [r["v"] for r in rows]}
 
     def insert_dead_letters(self, items: Sequence[tuple[DeadLetter, int]], stream: str = "") -> int:
         """Inserts dead letters, each with the JetStream stream sequence it came from.

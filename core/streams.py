@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig,
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig, ObjectStoreConfig,
                          RetentionPolicy, StorageType, StreamConfig)
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -13,6 +13,10 @@ __all__ = [
     "MD_STREAM",
     "BARS_STREAM",
     "DLQ_STREAM",
+    "FEAT_STREAM",
+    "SNAPSHOT_BUCKET",
+    "FEATURES_WORKER",
+    "SINK_FEAT",
     "STATE_BUCKET",
     "BARS_WORKER",
     "SINK_MD",
@@ -26,12 +30,17 @@ __all__ = [
 MD_STREAM = "MD"
 BARS_STREAM = "BARS"
 DLQ_STREAM = "DLQ"
+FEAT_STREAM = "FEAT"
 STATE_BUCKET = "tickmesh_state"
+# Snapshots too large for a KV value (feature state grows with symbols) go to an object store.
+SNAPSHOT_BUCKET = "tickmesh_snapshots"
 
 BARS_WORKER = "bars-worker"
 SINK_MD = "sink-md"
 SINK_BARS = "sink-bars"
 SINK_DLQ = "sink-dlq"
+FEATURES_WORKER = "features-worker"
+SINK_FEAT = "sink-feat"
 
 
 def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
@@ -47,6 +56,7 @@ def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
         stream(MD_STREAM, ["md.>", "news.>"], cfg.md_max_age_s, cfg.md_max_bytes),
         stream(BARS_STREAM, ["bar.>"], cfg.bars_max_age_s, cfg.bars_max_bytes),
         stream(DLQ_STREAM, ["dlq.>"], cfg.dlq_max_age_s, cfg.dlq_max_bytes),
+        stream(FEAT_STREAM, ["feat.>"], cfg.feat_max_age_s, cfg.feat_max_bytes),
     ]
 
 
@@ -64,6 +74,8 @@ def consumer_configs() -> dict[str, tuple[str, ConsumerConfig]]:
         SINK_MD: (MD_STREAM, durable(SINK_MD, "md.>")),
         SINK_BARS: (BARS_STREAM, durable(SINK_BARS, "bar.>")),
         SINK_DLQ: (DLQ_STREAM, durable(SINK_DLQ, "dlq.>")),
+        FEATURES_WORKER: (BARS_STREAM, durable(FEATURES_WORKER, "bar.>", AckPolicy.ALL)),
+        SINK_FEAT: (FEAT_STREAM, durable(SINK_FEAT, "feat.>")),
     }
 
 
@@ -88,6 +100,12 @@ async def ensure(js: JetStreamContext, cfg: StreamsConfig, consumers: bool = Tru
     except (NotFoundError, BadRequestError):
         await js.create_key_value(KeyValueConfig(bucket=STATE_BUCKET, history=1, storage=StorageType.FILE))
         report.append(f"kv {STATE_BUCKET}: created")
+    try:
+        await js.object_store(SNAPSHOT_BUCKET)
+        report.append(f"object store {SNAPSHOT_BUCKET}: exists")
+    except (NotFoundError, BadRequestError):
+        await js.create_object_store(SNAPSHOT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+        report.append(f"object store {SNAPSHOT_BUCKET}: created")
     if consumers:
         for name, (stream, cc) in consumer_configs().items():
             try:

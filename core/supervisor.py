@@ -1,9 +1,9 @@
 """``tickmesh up``: the embedded mesh as supervised processes, with a status line every second.
 
 Starts nats-server (unless ``nats.url`` points at one), ensures streams, then runs the edge collector,
-the bar worker and the API (which owns ClickHouse and runs the sink) as child processes. A child that
-dies is reported and restarted with backoff. Ctrl-C stops the children in data-flow order (edge,
-worker, API) so buffered work is flushed, then nats-server. Everything lives under ``data_dir``, so a
+the bar worker, the feature worker and the API (which owns ClickHouse and runs the sink) as child
+processes. A child that dies is reported and restarted with backoff. Ctrl-C stops the children in
+data-flow order (edge, bar worker, feature worker, API) so buffered work is flushed, then nats-server. Everything lives under ``data_dir``, so a
 second ``tickmesh up`` resumes with the history still there.
 """
 
@@ -111,14 +111,16 @@ class StatusLine:
 
         events_s = rate("edge", "events")
         bars_s = rate("worker", "bars")
-        lag = self._sum(cur, "worker", "lag") + self._sum(cur, "sink", "lag")
-        dead = sum(self._sum(cur, p, "dead_letters") for p in ("edge", "worker", "sink"))
+        feats_s = rate("features", "vectors")
+        lag = sum(self._sum(cur, p, "lag") for p in ("worker", "features", "sink"))
+        dead = sum(self._sum(cur, p, "dead_letters") for p in ("edge", "worker", "features", "sink"))
         late = self._sum(cur, "worker", "late_trades")
         self._prev, self._prev_t = {k: dict(v) for k, v in cur.items()}, now
         health = " ".join(
             f"{c.name}:{'up' if c.proc and c.proc.poll() is None else 'DOWN'}"
             + (f"(r{c.restarts})" if c.restarts else "") for c in components)
         return (f"{time.strftime('%H:%M:%S')}  in {events_s:9,.0f} ev/s  bars {bars_s:6,.1f}/s  "
+                f"features {feats_s:6,.1f}/s  "
                 f"lag {lag:6,d}  dead letters {dead:,d}  late {late:,d}  [{health}]")
 
 
@@ -171,6 +173,7 @@ class Supervisor:
             await nc.subscribe("tickmesh.metrics.>", cb=self._on_metrics)
             self.components = [
                 Component("api", self._argv("api", "--url", self.url), self.log_dir),
+                Component("features", self._argv("feature-worker", "--url", self.url), self.log_dir),
                 Component("worker", self._argv("worker", "--url", self.url), self.log_dir),
                 Component("edge", self._argv("collect", "--venue", self.venue, "--url", self.url),
                           self.log_dir),
@@ -194,7 +197,7 @@ class Supervisor:
                         print_fn(note)
                 print_fn(self.status.render(self.components))
         finally:
-            # Data-flow order: the edge flushes, the worker acks, the API's sink drains.
+            # Data-flow order: the edge flushes, the workers ack, the API's sink drains.
             for comp in reversed(self.components):
                 await asyncio.to_thread(comp.stop)
             await nc.close()

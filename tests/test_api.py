@@ -34,7 +34,9 @@ from api.telemetry import Telemetry, render_prometheus
 from core import subjects
 from core.config import Config, NatsConfig
 from core.natsserver import free_port
-from core.schema import Codec, HDR_MSG_ID, Bar, TradeBatch, bar_msg_id, batch_msg_id
+from core.features.book import FeatureBook
+from core.features.featureset import FeatureSet
+from core.schema import Codec, HDR_MSG_ID, Bar, FeatureVector, TradeBatch, bar_msg_id, batch_msg_id, feat_msg_id
 from tests.conftest import shared_file
 
 CODEC = Codec()  # one codec for this module, as every component builds its own
@@ -173,7 +175,7 @@ async def test_health_ok_with_nats_store_sink_and_components(api: ApiStack):
     assert body["nats"]["connected"] is True
     assert body["store"] == {"ok": True, "error": None}
     assert body["sink"]["owned"] is True and body["sink"]["running"] is True
-    assert set(body["sink"]["pending"]) == {"sink-md", "sink-bars", "sink-dlq"}
+    assert set(body["sink"]["pending"]) == {"sink-md", "sink-bars", "sink-feat", "sink-dlq"}
     assert body["sink"]["lag"] == sum(body["sink"]["pending"].values())
 
     snapshot = {"events": 1234, "dead_letters": 2, "ts": 1.0}
@@ -240,6 +242,33 @@ async def test_bars_reach_api_through_sink_with_every_field_equal(api: ApiStack)
     assert (await api.http.get("/api/bars", params={**query, "timeframe": "5m"})).json() == []
 
 
+async def test_features_reach_api_through_sink(api: ApiStack):
+    bars = binance_klines_bars()
+    fs = FeatureSet()
+    values, _ = FeatureBook(fs).on_bars(bars)
+    for bar, row in zip(bars, values):
+        vec = FeatureVector(bar.venue, bar.symbol, bar.tf, bar.start_ns, list(fs.names), row.tobytes(), fs.digest)
+        await api.js.publish(subjects.feat(bar.tf, bar.venue, bar.symbol), CODEC.encode(vec),
+                             headers={HDR_MSG_ID: feat_msg_id(vec)})
+    query = {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "1m"}
+
+    async def stored():
+        got = (await api.http.get("/api/features", params=query)).json()
+        return got if len(got["rows"]) >= len(bars) else None
+
+    got = await eventually(stored, f"{len(bars)} feature vectors in /api/features")
+    assert got["names"] == list(fs.names)
+    want = [[None if v != v else v for v in row] for row in values.tolist()]
+    assert got["rows"] == [[b.start_ns, w] for b, w in zip(bars, want)]
+    assert any(v is not None for v in got["rows"][-1][1]) and any(v is None for v in got["rows"][0][1])
+
+    names = ["rsi_14", "sma_10", "no_such_feature"]
+    some = (await api.http.get("/api/features", params={**query, "names": ",".join(names), "limit": 3})).json()
+    idx = [fs.names.index(n) for n in names[:2]]
+    assert some["names"] == names
+    assert some["rows"] == [[b.start_ns, [w[i] for i in idx] + [None]] for b, w in zip(bars[-3:], want[-3:])]
+
+
 async def test_trades_reach_api_through_sink_with_every_field_equal(api: ApiStack):
     batch = kraken_trades()
     await api.publish_trades(batch)
@@ -300,6 +329,8 @@ async def test_ws_bad_timeframe_closes_naming_it(api: ApiStack):
     ("/api/bars", {"venue": "binance", "symbol": "ADA-BTC", "start": "2021-11-28", "end": "2021-11-27"}, "end"),
     ("/api/bars", {"venue": "binance", "timeframe": "1m"}, "symbol"),
     ("/api/trades", {"symbol": "BTC-USDT"}, "venue"),
+    ("/api/features", {"venue": "binance", "symbol": "ADA-BTC", "names": " , "}, "names"),
+    ("/api/features", {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
     ("/api/trades", {"venue": "kraken", "symbol": "BTC-USDT", "start": "99999999999999999999999"}, "start"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(api: ApiStack, path, params, param):
@@ -315,7 +346,7 @@ async def test_openapi_lists_the_paths(api: ApiStack):
     resp = await api.http.get("/schema/openapi.json")
     assert resp.status_code == 200
     paths = resp.json()["paths"]
-    for path in ("/health", "/api/symbols", "/api/bars", "/api/trades", "/metrics"):
+    for path in ("/health", "/api/symbols", "/api/bars", "/api/features", "/api/trades", "/metrics"):
         assert path in paths, path
     names = {p["name"] for p in paths["/api/bars"]["get"]["parameters"]}
     assert names == {"venue", "symbol", "timeframe", "start", "end", "limit"}

@@ -93,7 +93,7 @@ async def test_sink_stores_everything_and_publishes_metrics(nc, js, store):
     dl_ack = await js.publish(subjects.dlq(dl.stage, dl.venue), CODEC.encode(dl))
     metrics = await nc.subscribe(METRICS_SUBJECT)
 
-    expected = {"trades": 1000, "quotes": 10, "bars": 21, "dead_letters": 1}
+    expected = {"trades": 1000, "quotes": 10, "bars": 21, "features": 0, "dead_letters": 1}
     async with Running(Sink(js, store, batch=4, metrics_interval_s=0.2)) as sink:  # small batch: many fetches
         await until(lambda: _counts_are(store, expected), "all rows in the store")
         for stream, consumer in ((streams.MD_STREAM, streams.SINK_MD), (streams.BARS_STREAM, streams.SINK_BARS),

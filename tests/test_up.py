@@ -84,7 +84,12 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
         first = poll_json(bars_url, lambda bars: len(bars) >= 3)
         assert all(b["high"] >= max(b["open"], b["close"]) and b["n_trades"] > 0 for b in first)
         # One status line per second with the live figures.
-        up.wait_for(r"in +[1-9][\d,]* ev/s +bars +[\d.,]+/s +lag +[\d,]+ +dead letters +\d+")
+        up.wait_for(r"in +[1-9][\d,]* ev/s +bars +[\d.,]+/s +features +[1-9][\d.,]*/s +lag +[\d,]+ "
+                    r"+dead letters +\d+")
+        # every closed bar also gets its feature vector, served by the API
+        feats = poll_json(f"{base}/api/features?venue=sim&symbol=BTC-USD&timeframe=1s&names=sma_10,rsi_14",
+                          lambda d: len(d["rows"]) >= 16)
+        assert feats["names"] == ["sma_10", "rsi_14"] and feats["rows"][-1][1][1] is not None
         assert get_json(f"{base}/health")["status"] == "ok"
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
         assert "lightweight-charts" in page

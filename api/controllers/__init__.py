@@ -2,6 +2,7 @@
 
 from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
+from api.controllers.features import FeaturesController
 from api.controllers.health import HealthController
 from api.controllers.live import LiveBarsController
 from api.controllers.metrics import MetricsController
@@ -11,6 +12,7 @@ from api.controllers.trades import TradesController
 __all__ = [
     "BarsController",
     "DashboardController",
+    "FeaturesController",
     "HealthController",
     "LiveBarsController",
     "MetricsController",
@@ -19,5 +21,5 @@ __all__ = [
     "CONTROLLERS",
 ]
 
-CONTROLLERS = (HealthController, SymbolsController, BarsController, TradesController, LiveBarsController,
-               MetricsController, DashboardController)
+CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, TradesController,
+               LiveBarsController, MetricsController, DashboardController)

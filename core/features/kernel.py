@@ -73,7 +73,7 @@ class Bars:
         Values from before a row's first bar are NaN. The kernel must have declared the window in
         `Kernel.windows`; the result is a view of the engine's shared history, never to be written.
         """
-        return self._hist[field][:, -width:]
+        return self._hist[field][-width:].T
 
 
 class Kernel:

@@ -1,25 +1,209 @@
-"""Momentum oscillators: RSI, stochastics, rates of change, CCI, MFI and friends."""
+"""Momentum oscillators: RSI, stochastics, rates of change, CCI, MFI and friends.
+
+Every kernel here repeats the bundled TA-Lib's arithmetic in its order, zero tests included:
+
+* a fixed band ``|v| < 1e-14`` (TA_IS_ZERO) where TA-Lib keeps one (PPO's slow average);
+* a band scaled to the operands, ``|a - b| <= 1e-14 * (|a| + |b|)`` (TA_IS_ZERO_SCALED), for a
+  difference of two prices (a flat high/low range, an unchanged typical price, CCI's deviation);
+* an exact test where the tested value is a sum of non-negative terms (RSI, CMO, ULTOSC, MFI) or a
+  raw price (ROC's old price, TRIX's old average, BOP's range).
+"""
 
 from __future__ import annotations
 
+from numbers import Integral
+
+from core.errors import ConfigError
+from core.features import _prim
 from core.features.kernel import Kernel
 
-__all__ = ["RSI", "defaults"]
+__all__ = [
+    "RSI", "STOCH", "STOCHF", "STOCHRSI", "ROC", "ROCP", "ROCR", "ROCR100", "MOM", "WILLR", "CCI",
+    "CMO", "APO", "PPO", "TRIX", "ULTOSC", "BOP", "MFI", "defaults",
+]
 
 NAN = float("nan")
+_EPSILON = 1e-14  # TA_EPSILON of the bundled TA-Lib
+_MA_TYPES = {0: "SMA", 1: "EMA"}
 
 
 def _is_zero(xp, v):
-    """TA-Lib's TA_IS_ZERO for the bundled TA-Lib version."""
-    return (-1e-14 < v) & (v < 1e-14)
+    """TA-Lib's TA_IS_ZERO: inside the fixed band (-1e-14, 1e-14)."""
+    return (-_EPSILON < v) & (v < _EPSILON)
+
+
+def _is_zero_scaled(xp, v, scale):
+    """TA-Lib's TA_IS_ZERO_SCALED: ``|v| <= 1e-14 * scale`` (``scale`` = |a| + |b| of a difference)."""
+    return xp.abs(v) <= _EPSILON * scale
+
+
+# ------------------------------------------------------------------------ composite-kernel state
+
+
+def _sub(s, prefix: str) -> dict:
+    """The state entries of one stage of a composite kernel, keys without ``prefix``."""
+    return {k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)}
+
+
+def _put(s, prefix: str, stage: dict) -> None:
+    for k, v in stage.items():
+        s[prefix + k] = v
+
+
+def _with_prefix(prefix: str, stage: dict) -> dict:
+    return {prefix + k: v for k, v in stage.items()}
+
+
+def _check_matype(fn: str, name: str, matype: int) -> None:
+    if matype not in _MA_TYPES:
+        raise ConfigError(f"{fn} {name}={matype!r}: supported MA types are {sorted(_MA_TYPES)} "
+                          f"({', '.join(_MA_TYPES.values())})")
+
+
+def _check_periods(fn: str, least: int, **periods: int) -> None:
+    """TA-Lib's range for period parameters: ``least`` to 100000."""
+    for name, value in periods.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or not least <= value <= 100_000:
+            raise ConfigError(f"{fn} {name}={value!r}: must be an integer from {least} to 100000")
+
+
+# ---------------------------------------------------------------------------- window primitives
+
+
+def _across(xp, w):
+    """A window ``w`` (rows, width) as a contiguous (width, rows) copy, so that a max/min over the
+    window runs across rows: NumPy reduces a short inner axis several times slower (widths 5 to
+    30). Not for sums whose order matters: with one row NumPy adds pairwise again."""
+    return xp.ascontiguousarray(w.T)
+
+
+def _ring_put(xp, ring, t, x) -> None:
+    """Writes ``x`` in place into slot ``t mod width`` of each row of the circular buffer ``ring``.
+
+    Rows before their first value (``t < 0``) write too: every slot is overwritten by live values
+    before a full window is read, so the writes need no mask.
+    """
+    ring[xp.arange(ring.shape[0]), t % ring.shape[1]] = x
+
+
+def _sma_init(xp, n, period: int) -> dict:
+    return {"total": xp.zeros(n), "ring": _prim.window_init(xp, n, period)}
+
+
+def _sma(xp, s, x, t, period: int):
+    """`_prim.sma` (TA-Lib's running ``periodTotal``, the same arithmetic) over a circular buffer
+    written in place instead of a shifted window: the value leaving is in slot ``(t + 1) mod
+    period``. For a series a kernel derives; an SMA of a bar field reads the shared history
+    (`_close_sma`)."""
+    ring = s["ring"]
+    _ring_put(xp, ring, t, x)
+    tmp = s["total"] + x
+    full = t >= period - 1
+    leaving = ring[xp.arange(ring.shape[0]), (t + 1) % period]
+    s["total"] = xp.where(t >= 0, xp.where(full, tmp - leaving, tmp), s["total"])
+    return xp.where(full, tmp / period, NAN)
+
+
+def _ma_init(xp, n, matype: int, period: int) -> dict:
+    return _sma_init(xp, n, period) if matype == 0 else _prim.ema_init(xp, n)
+
+
+def _ema_stage(xp, s, prefix: str, x, t, period: int, k: float):
+    """`_prim.ema` on the state entries ``prefix*`` of a composite kernel's flat state."""
+    st = _sub(s, prefix)
+    v = _prim.ema(xp, st, x, t, period, k)
+    _put(s, prefix, st)
+    return v
+
+
+def _ma(xp, s, prefix: str, x, t, matype: int, period: int):
+    """TA-Lib's TA_MA (SMA or EMA) on the state entries ``prefix*``; period 1 copies the input, as
+    TA_MA does. ``t`` counts the values fed to this stage before this one."""
+    if period == 1:
+        return xp.where(t >= 0, x, NAN)
+    if matype == 1:
+        return _ema_stage(xp, s, prefix, x, t, period, 2.0 / (period + 1))
+    st = _sub(s, prefix)
+    v = _sma(xp, st, x, t, period)
+    _put(s, prefix, st)
+    return v
+
+
+# ------------------------------------------------------------------------------- shared recurrences
+
+
+def _rsi_init(xp, n) -> dict:
+    return {"prev": xp.full(n, NAN), "gain": xp.zeros(n), "loss": xp.zeros(n)}
+
+
+def _rsi(xp, s, x, t, p: int):
+    """TA-Lib's RSI of ``x`` (state ``prev``, ``gain``, ``loss``); defined from ``t == p`` on.
+
+    Seed: plain sums of the first ``p`` gains and losses, times ``1 / p``. Then Wilder:
+    ``(prev * (p - 1) + x) * (1 / p)`` (the bundled TA-Lib multiplies by the inverse in RSI, where
+    CMO divides). The gain + loss total is tested exactly (> 0), as TA-Lib does.
+    """
+    inv = 1.0 / p
+    diff = x - s["prev"]
+    s["prev"] = x
+    up = xp.where(diff < 0, 0.0, diff)
+    down = xp.where(diff < 0, -diff, 0.0)
+    seeding = t <= p
+    gain = xp.where(seeding, s["gain"] + up, (s["gain"] * (p - 1) + up) * inv)
+    loss = xp.where(seeding, s["loss"] + down, (s["loss"] * (p - 1) + down) * inv)
+    at_seed = t == p
+    gain = xp.where(at_seed, gain * inv, gain)
+    loss = xp.where(at_seed, loss * inv, loss)
+    first = t == 0
+    s["gain"] = gain = xp.where(first, 0.0, gain)
+    s["loss"] = loss = xp.where(first, 0.0, loss)
+    total = gain + loss
+    return xp.where(total > 0.0, 100.0 * (gain / total), 0.0)
+
+
+def _fast_k(xp, highest, lowest, x):
+    """Fast %K as TA-Lib computes it: ``((x - lowest) / (highest - lowest)) * 100``, 0 on a range
+    that is zero to within 1e-14 of ``|highest| + |lowest|``."""
+    rng = highest - lowest
+    flat = _is_zero_scaled(xp, rng, xp.abs(highest) + xp.abs(lowest))
+    return xp.where(flat, 0.0, ((x - lowest) / rng) * 100.0)
+
+
+def _close_sma(xp, s, key: str, b, period: int):
+    """TA-Lib's SMA of the close (`_prim.sma`'s arithmetic) with the running total in ``s[key]``
+    and the value leaving the window read from the shared close history (``windows`` must ask for
+    ``period`` closes)."""
+    tmp = s[key] + b.close
+    full = b.t >= period - 1
+    s[key] = xp.where(full, tmp - b.window("close", period)[:, 0], tmp)
+    return xp.where(full, tmp / period, NAN)
+
+
+def _roc_parts(b, period: int):
+    """(this close, the close ``period`` bars back), both from the shared close history."""
+    return b.close, b.window("close", period + 1)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------- RSI
 
 
 class RSI(Kernel):
-    """Relative strength index with Wilder smoothing (TA-Lib RSI)."""
+    """Relative strength index with Wilder smoothing (TA-Lib RSI).
+
+    Formula: d = close - previous close; gain = max(d, 0), loss = max(-d, 0); the first average
+    gain/loss is the plain mean of the first timeperiod values, then avg = (avg * (timeperiod - 1)
+    + value) * (1 / timeperiod); RSI = 100 * avg_gain / (avg_gain + avg_loss).
+
+    Edge cases: flat prices (avg_gain + avg_loss exactly 0) give 0; only gains give 100. Volume is
+    not read.
+
+    Reference: TA-Lib RSI; J. Welles Wilder, New Concepts in Technical Trading Systems (1978).
+    """
 
     fn, talib, talib_inputs, family = "rsi", "RSI", ("close",), "momentum"
 
     def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods("RSI", 2, timeperiod=timeperiod)
         super().__init__(timeperiod=timeperiod)
 
     @property
@@ -27,7 +211,376 @@ class RSI(Kernel):
         return self.params["timeperiod"]
 
     def init(self, xp, n):
-        return {"prev": xp.full(n, NAN), "gain": xp.zeros(n), "loss": xp.zeros(n)}
+        return _rsi_init(xp, n)
+
+    def step(self, xp, s, b):
+        return (_rsi(xp, s, b.close, b.t, self.params["timeperiod"]),)
+
+
+# ------------------------------------------------------------------------------------ stochastics
+
+
+class STOCH(Kernel):
+    """Slow stochastic oscillator: %K smoothed, and its signal line %D (TA-Lib STOCH).
+
+    Formula: fastk = 100 * (close - LL) / (HH - LL), with HH/LL the highest high / lowest low of
+    the last fastk_period bars; slowk = MA(fastk, slowk_period, slowk_matype); slowd = MA(slowk,
+    slowd_period, slowd_matype). MA types: 0 SMA, 1 EMA.
+
+    Edge cases: a flat range (HH - LL zero to within 1e-14 of |HH| + |LL|, e.g. flat prices) gives
+    fastk = 0, so flat prices give slowk = slowd = 0. Volume is not read.
+
+    Reference: TA-Lib STOCH; George Lane's stochastics.
+    """
+
+    fn, talib, talib_inputs, family = "stoch", "STOCH", ("high", "low", "close"), "momentum"
+    output_names = ("slowk", "slowd")
+    inputs = ("high", "low", "close")
+
+    def __init__(self, fastk_period: int = 5, slowk_period: int = 3, slowk_matype: int = 0,
+                 slowd_period: int = 3, slowd_matype: int = 0) -> None:
+        _check_periods("STOCH", 1, fastk_period=fastk_period, slowk_period=slowk_period,
+                       slowd_period=slowd_period)
+        _check_matype("STOCH", "slowk_matype", slowk_matype)
+        _check_matype("STOCH", "slowd_matype", slowd_matype)
+        super().__init__(fastk_period=fastk_period, slowk_period=slowk_period, slowk_matype=slowk_matype,
+                         slowd_period=slowd_period, slowd_matype=slowd_matype)
+
+    @property
+    def lookback(self) -> int:
+        p = self.params
+        return p["fastk_period"] - 1 + p["slowk_period"] - 1 + p["slowd_period"] - 1
+
+    def windows(self):
+        w = self.params["fastk_period"]
+        return {"high": w, "low": w}
+
+    def init(self, xp, n):
+        p = self.params
+        return {**_with_prefix("k.", _ma_init(xp, n, p["slowk_matype"], p["slowk_period"])),
+                **_with_prefix("d.", _ma_init(xp, n, p["slowd_matype"], p["slowd_period"]))}
+
+    def step(self, xp, s, b):
+        p = self.params
+        w = p["fastk_period"]
+        fastk = _fast_k(xp, _across(xp, b.window("high", w)).max(axis=0),
+                        _across(xp, b.window("low", w)).min(axis=0), b.close)
+        tk = b.t - (w - 1)
+        slowk = _ma(xp, s, "k.", fastk, tk, p["slowk_matype"], p["slowk_period"])
+        slowd = _ma(xp, s, "d.", slowk, tk - (p["slowk_period"] - 1), p["slowd_matype"], p["slowd_period"])
+        return slowk, slowd
+
+
+class STOCHF(Kernel):
+    """Fast stochastic oscillator: raw %K and its signal line %D (TA-Lib STOCHF).
+
+    Formula: fastk = 100 * (close - LL) / (HH - LL), with HH/LL the highest high / lowest low of
+    the last fastk_period bars; fastd = MA(fastk, fastd_period, fastd_matype). MA types: 0 SMA,
+    1 EMA.
+
+    Edge cases: a flat range (HH - LL zero to within 1e-14 of |HH| + |LL|, e.g. flat prices) gives
+    fastk = 0. Volume is not read.
+
+    Reference: TA-Lib STOCHF; George Lane's stochastics.
+    """
+
+    fn, talib, talib_inputs, family = "stochf", "STOCHF", ("high", "low", "close"), "momentum"
+    output_names = ("fastk", "fastd")
+    inputs = ("high", "low", "close")
+
+    def __init__(self, fastk_period: int = 5, fastd_period: int = 3, fastd_matype: int = 0) -> None:
+        _check_periods("STOCHF", 1, fastk_period=fastk_period, fastd_period=fastd_period)
+        _check_matype("STOCHF", "fastd_matype", fastd_matype)
+        super().__init__(fastk_period=fastk_period, fastd_period=fastd_period, fastd_matype=fastd_matype)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["fastk_period"] - 1 + self.params["fastd_period"] - 1
+
+    def windows(self):
+        w = self.params["fastk_period"]
+        return {"high": w, "low": w}
+
+    def init(self, xp, n):
+        return _with_prefix("d.", _ma_init(xp, n, self.params["fastd_matype"], self.params["fastd_period"]))
+
+    def step(self, xp, s, b):
+        p = self.params
+        w = p["fastk_period"]
+        fastk = _fast_k(xp, _across(xp, b.window("high", w)).max(axis=0),
+                        _across(xp, b.window("low", w)).min(axis=0), b.close)
+        fastd = _ma(xp, s, "d.", fastk, b.t - (w - 1), p["fastd_matype"], p["fastd_period"])
+        return fastk, fastd
+
+
+class STOCHRSI(Kernel):
+    """Stochastic RSI: the fast stochastic of the RSI series (TA-Lib STOCHRSI).
+
+    Formula: r = RSI(close, timeperiod); fastk = 100 * (r - min(r)) / (max(r) - min(r)) over the
+    last fastk_period RSI values; fastd = MA(fastk, fastd_period, fastd_matype). MA types: 0 SMA,
+    1 EMA.
+
+    Edge cases: an RSI range zero to within 1e-14 of |max| + |min| (flat prices, a steady trend
+    that pins RSI at 0 or 100) gives fastk = 0. Volume is not read.
+
+    Reference: TA-Lib STOCHRSI (STOCHF run on the RSI as high, low and close); Tushar Chande and
+    Stanley Kroll, The New Technical Trader (1994).
+    """
+
+    fn, talib, talib_inputs, family = "stochrsi", "STOCHRSI", ("close",), "momentum"
+    output_names = ("fastk", "fastd")
+
+    def __init__(self, timeperiod: int = 14, fastk_period: int = 5, fastd_period: int = 3,
+                 fastd_matype: int = 0) -> None:
+        _check_periods("STOCHRSI", 2, timeperiod=timeperiod)
+        _check_periods("STOCHRSI", 1, fastk_period=fastk_period, fastd_period=fastd_period)
+        _check_matype("STOCHRSI", "fastd_matype", fastd_matype)
+        super().__init__(timeperiod=timeperiod, fastk_period=fastk_period, fastd_period=fastd_period,
+                         fastd_matype=fastd_matype)
+
+    @property
+    def lookback(self) -> int:
+        p = self.params
+        return p["timeperiod"] + p["fastk_period"] - 1 + p["fastd_period"] - 1
+
+    def init(self, xp, n):
+        p = self.params
+        return {**_rsi_init(xp, n), "rsi_ring": _prim.window_init(xp, n, p["fastk_period"]),
+                **_with_prefix("d.", _ma_init(xp, n, p["fastd_matype"], p["fastd_period"]))}
+
+    def step(self, xp, s, b):
+        p = self.params
+        period, w = p["timeperiod"], p["fastk_period"]
+        tr = b.t - period  # RSI values seen before this one
+        rsi = _rsi(xp, s, b.close, b.t, period)
+        _ring_put(xp, s["rsi_ring"], tr, rsi)  # the last fastk_period RSI values, in any order
+        win = _across(xp, s["rsi_ring"])
+        fastk = _fast_k(xp, win.max(axis=0), win.min(axis=0), rsi)
+        fastd = _ma(xp, s, "d.", fastk, tr - (w - 1), p["fastd_matype"], p["fastd_period"])
+        return fastk, fastd
+
+
+class WILLR(Kernel):
+    """Williams' %R: the close's place in the recent high-low range, from 0 (top) to -100 (bottom).
+
+    Formula: willr = -100 * (HH - close) / (HH - LL), with HH/LL the highest high / lowest low of
+    the last timeperiod bars.
+
+    Edge cases: a flat range (HH - LL zero to within 1e-14 of |HH| + |LL|, e.g. flat prices) gives
+    0. Volume is not read.
+
+    Reference: TA-Lib WILLR; Larry Williams.
+    """
+
+    fn, talib, talib_inputs, family = "willr", "WILLR", ("high", "low", "close"), "momentum"
+    inputs = ("high", "low", "close")
+
+    def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods("WILLR", 2, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"] - 1
+
+    def windows(self):
+        w = self.params["timeperiod"]
+        return {"high": w, "low": w}
+
+    def step(self, xp, s, b):
+        w = self.params["timeperiod"]
+        highest = _across(xp, b.window("high", w)).max(axis=0)
+        lowest = _across(xp, b.window("low", w)).min(axis=0)
+        rng = highest - lowest
+        flat = _is_zero_scaled(xp, rng, xp.abs(highest) + xp.abs(lowest))
+        return (xp.where(flat, 0.0, ((highest - b.close) / rng) * -100.0),)
+
+
+# --------------------------------------------------------------------------------- rates of change
+
+
+class _RateOfChange(Kernel):
+    """Shared shape of ROC, ROCP, ROCR, ROCR100 and MOM: the close against the close ``timeperiod``
+    bars back."""
+
+    inputs = ("close",)
+    talib_inputs = ("close",)
+    family = "momentum"
+
+    def __init__(self, timeperiod: int = 10) -> None:
+        _check_periods(self.talib, 1, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"]
+
+    def windows(self):
+        return {"close": self.params["timeperiod"] + 1}
+
+    def step(self, xp, s, b):
+        x, old = _roc_parts(b, self.params["timeperiod"])
+        return (xp.where(old != 0.0, self._rate(x, old), 0.0),)
+
+    @staticmethod
+    def _rate(x, old):
+        raise NotImplementedError
+
+
+class ROC(_RateOfChange):
+    """Rate of change in percent over ``timeperiod`` bars (TA-Lib ROC).
+
+    Formula: roc = ((close / close[timeperiod bars ago]) - 1) * 100.
+
+    Edge cases: an old close of exactly 0 gives 0; flat prices give 0. Volume is not read.
+
+    Reference: TA-Lib ROC.
+    """
+
+    fn, talib = "roc", "ROC"
+
+    @staticmethod
+    def _rate(x, old):
+        return ((x / old) - 1.0) * 100.0
+
+
+class ROCP(_RateOfChange):
+    """Rate of change as a fraction over ``timeperiod`` bars (TA-Lib ROCP).
+
+    Formula: rocp = (close - close[timeperiod bars ago]) / close[timeperiod bars ago].
+
+    Edge cases: an old close of exactly 0 gives 0; flat prices give 0. Volume is not read.
+
+    Reference: TA-Lib ROCP.
+    """
+
+    fn, talib = "rocp", "ROCP"
+
+    @staticmethod
+    def _rate(x, old):
+        return (x - old) / old
+
+
+class ROCR(_RateOfChange):
+    """Ratio of the close to the close ``timeperiod`` bars back (TA-Lib ROCR).
+
+    Formula: rocr = close / close[timeperiod bars ago].
+
+    Edge cases: an old close of exactly 0 gives 0; flat prices give 1. Volume is not read.
+
+    Reference: TA-Lib ROCR.
+    """
+
+    fn, talib = "rocr", "ROCR"
+
+    @staticmethod
+    def _rate(x, old):
+        return x / old
+
+
+class ROCR100(_RateOfChange):
+    """Ratio of the close to the close ``timeperiod`` bars back, times 100 (TA-Lib ROCR100).
+
+    Formula: rocr100 = (close / close[timeperiod bars ago]) * 100.
+
+    Edge cases: an old close of exactly 0 gives 0; flat prices give 100. Volume is not read.
+
+    Reference: TA-Lib ROCR100.
+    """
+
+    fn, talib = "rocr100", "ROCR100"
+
+    @staticmethod
+    def _rate(x, old):
+        return (x / old) * 100.0
+
+
+class MOM(_RateOfChange):
+    """Momentum: the change of the close over ``timeperiod`` bars (TA-Lib MOM).
+
+    Formula: mom = close - close[timeperiod bars ago].
+
+    Edge cases: flat prices give 0; an old close of 0 is an ordinary value here. Volume is not
+    read.
+
+    Reference: TA-Lib MOM.
+    """
+
+    fn, talib = "mom", "MOM"
+
+    def step(self, xp, s, b):
+        x, old = _roc_parts(b, self.params["timeperiod"])
+        return (x - old,)
+
+
+# ---------------------------------------------------------------------------- oscillators of price
+
+
+class CCI(Kernel):
+    """Commodity channel index: the typical price's distance from its mean, in mean deviations.
+
+    Formula: tp = (high + low + close) / 3; m = mean of the last timeperiod tp; md = mean of
+    |tp_i - m| over the same bars; cci = (tp - m) / (0.015 * md). Both sums run over TA-Lib's
+    circular buffer of tp in slot order (bar i in slot i mod timeperiod), as TA-Lib adds them.
+
+    Edge cases: tp - m or md zero to within 1e-14 of |m| (flat prices) gives 0. Volume is not read.
+
+    Reference: TA-Lib CCI; Donald Lambert (1980).
+    """
+
+    fn, talib, talib_inputs, family = "cci", "CCI", ("high", "low", "close"), "momentum"
+    inputs = ("high", "low", "close")
+
+    def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods("CCI", 2, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"] - 1
+
+    def init(self, xp, n):
+        return {"ring": _prim.window_init(xp, n, self.params["timeperiod"])}
+
+    def step(self, xp, s, b):
+        p = self.params["timeperiod"]
+        tp = (b.high + b.low + b.close) / 3
+        ring = s["ring"]
+        _ring_put(xp, ring, b.t, tp)
+        # Slot by slot, in the order of TA-Lib's loops over its buffer: a running sum (cumsum) is
+        # in that order by definition, where sum() may add pairwise.
+        mean = xp.cumsum(ring, axis=1)[:, -1] / p
+        meandev = xp.cumsum(xp.abs(ring - mean[:, None]), axis=1)[:, -1] / p
+        dist = tp - mean
+        level = xp.abs(mean)
+        flat = _is_zero_scaled(xp, dist, level) | _is_zero_scaled(xp, meandev, level)
+        return (xp.where(flat, 0.0, dist / (0.015 * meandev)),)
+
+
+class CMO(Kernel):
+    """Chande momentum oscillator: net gain over total movement, Wilder-smoothed (TA-Lib CMO).
+
+    Formula: d = close - previous close; gain = max(d, 0), loss = max(-d, 0); the first averages
+    are the plain means of the first timeperiod values, then avg = (avg * (timeperiod - 1) + value)
+    / timeperiod; cmo = 100 * (avg_gain - avg_loss) / (avg_gain + avg_loss).
+
+    Edge cases: flat prices (avg_gain + avg_loss exactly 0) give 0. Volume is not read.
+
+    Reference: TA-Lib CMO; Tushar Chande and Stanley Kroll, The New Technical Trader (1994).
+    """
+
+    fn, talib, talib_inputs, family = "cmo", "CMO", ("close",), "momentum"
+
+    def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods("CMO", 2, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"]
+
+    def init(self, xp, n):
+        return _rsi_init(xp, n)
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
@@ -36,20 +589,293 @@ class RSI(Kernel):
         s["prev"] = b.close
         up = xp.where(diff < 0, 0.0, diff)
         down = xp.where(diff < 0, -diff, 0.0)
-        # Seed (bars 1..p): plain sums, divided by p at bar p. Then Wilder: (prev * (p-1) + x) / p.
-        seed_gain = s["gain"] + up
-        seed_loss = s["loss"] + down
-        wil_gain = (s["gain"] * (p - 1) + up) / p
-        wil_loss = (s["loss"] * (p - 1) + down) / p
-        gain = xp.where(t < p, seed_gain, xp.where(t == p, seed_gain / p, wil_gain))
-        loss = xp.where(t < p, seed_loss, xp.where(t == p, seed_loss / p, wil_loss))
-        gain = xp.where(t == 0, 0.0, gain)
-        loss = xp.where(t == 0, 0.0, loss)
-        s["gain"], s["loss"] = gain, loss
+        seeding = t <= p
+        gain = xp.where(seeding, s["gain"] + up, (s["gain"] * (p - 1) + up) / p)
+        loss = xp.where(seeding, s["loss"] + down, (s["loss"] * (p - 1) + down) / p)
+        at_seed = t == p
+        gain = xp.where(at_seed, gain / p, gain)
+        loss = xp.where(at_seed, loss / p, loss)
+        first = t == 0
+        s["gain"] = gain = xp.where(first, 0.0, gain)
+        s["loss"] = loss = xp.where(first, 0.0, loss)
         total = gain + loss
-        return (xp.where(_is_zero(xp, total), 0.0, 100.0 * (gain / total)),)
+        return (xp.where(total > 0.0, 100.0 * ((gain - loss) / total), 0.0),)
+
+
+class _PriceOscillator(Kernel):
+    """Shared shape of APO and PPO: a fast and a slow moving average of the close (TA_INT_PO).
+
+    The bundled TA-Lib runs both averages from the first bar (older versions started the fast one
+    at bar ``slowperiod - fastperiod``, which moves an EMA's seed).
+    """
+
+    talib_inputs = ("close",)
+    family = "momentum"
+
+    def __init__(self, fastperiod: int = 12, slowperiod: int = 26, matype: int = 0) -> None:
+        _check_periods(self.talib, 2, fastperiod=fastperiod, slowperiod=slowperiod)
+        _check_matype(self.talib, "matype", matype)
+        super().__init__(fastperiod=fastperiod, slowperiod=slowperiod, matype=matype)
+
+    def _periods(self) -> tuple[int, int]:
+        fast, slow = self.params["fastperiod"], self.params["slowperiod"]
+        return (slow, fast) if slow < fast else (fast, slow)  # TA-Lib swaps them too
+
+    @property
+    def lookback(self) -> int:
+        return self._periods()[1] - 1
+
+    def windows(self):
+        # An SMA of the close takes the value leaving its window from the shared close history.
+        return {"close": self._periods()[1]} if self.params["matype"] == 0 else {}
+
+    def init(self, xp, n):
+        if self.params["matype"] == 0:
+            return {"f.total": xp.zeros(n), "s.total": xp.zeros(n)}
+        return {**_with_prefix("f.", _prim.ema_init(xp, n)), **_with_prefix("s.", _prim.ema_init(xp, n))}
+
+    def _averages(self, xp, s, b):
+        fast, slow = self._periods()
+        if self.params["matype"] == 0:
+            return _close_sma(xp, s, "f.total", b, fast), _close_sma(xp, s, "s.total", b, slow)
+        return _ma(xp, s, "f.", b.close, b.t, 1, fast), _ma(xp, s, "s.", b.close, b.t, 1, slow)
+
+
+class APO(_PriceOscillator):
+    """Absolute price oscillator: fast minus slow moving average of the close (TA-Lib APO).
+
+    Formula: apo = MA(close, fastperiod, matype) - MA(close, slowperiod, matype); MA types: 0 SMA,
+    1 EMA (the bundled TA-Lib defaults to 1; this feature set uses 0). Both MAs start at the first
+    bar; periods given in the wrong order are swapped, as TA-Lib does.
+
+    Edge cases: flat prices give 0, up to the rounding residue of the SMA's running sums (as in
+    TA-Lib). Volume is not read.
+
+    Reference: TA-Lib APO.
+    """
+
+    fn, talib = "apo", "APO"
+
+    def step(self, xp, s, b):
+        f, sl = self._averages(xp, s, b)
+        return (f - sl,)
+
+
+class PPO(_PriceOscillator):
+    """Percentage price oscillator: fast minus slow moving average, in percent of the slow one.
+
+    Formula: ppo = ((MA(close, fastperiod) - MA(close, slowperiod)) / MA(close, slowperiod)) * 100;
+    MA types: 0 SMA, 1 EMA (the bundled TA-Lib defaults to 1; this feature set uses 0). Both MAs
+    start at the first bar; periods given in the wrong order are swapped, as TA-Lib does.
+
+    Edge cases: a slow average inside TA-Lib's fixed band |MA| < 1e-14 (prices at or near 0) gives
+    0; flat prices give 0, up to the rounding residue of the SMA's running sums (as in TA-Lib).
+    Volume is not read.
+
+    Reference: TA-Lib PPO.
+    """
+
+    fn, talib = "ppo", "PPO"
+
+    def step(self, xp, s, b):
+        f, sl = self._averages(xp, s, b)
+        return (xp.where(_is_zero(xp, sl), 0.0, ((f - sl) / sl) * 100.0),)
+
+
+class TRIX(Kernel):
+    """One-bar rate of change in percent of a triple exponential moving average of the close.
+
+    Formula: e1 = EMA(close), e2 = EMA(e1), e3 = EMA(e2), each with k = 2 / (timeperiod + 1) and
+    seeded by the mean of its first timeperiod inputs; trix = ((e3 / previous e3) - 1) * 100.
+
+    Edge cases: a previous e3 of exactly 0 gives 0; flat prices give 0. Volume is not read.
+
+    Reference: TA-Lib TRIX; Jack Hutson.
+    """
+
+    fn, talib, talib_inputs, family = "trix", "TRIX", ("close",), "momentum"
+
+    def __init__(self, timeperiod: int = 30) -> None:
+        _check_periods("TRIX", 1, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return 3 * (self.params["timeperiod"] - 1) + 1
+
+    def init(self, xp, n):
+        return {k: v for i in (1, 2, 3) for k, v in _with_prefix(f"e{i}.", _prim.ema_init(xp, n)).items()}
+
+    def step(self, xp, s, b):
+        p = self.params["timeperiod"]
+        t = b.t
+        k = 2.0 / (p + 1)
+        e1 = _ema_stage(xp, s, "e1.", b.close, t, p, k)
+        e2 = _ema_stage(xp, s, "e2.", e1, t - (p - 1), p, k)
+        prev = s["e3.v"]
+        e3 = _ema_stage(xp, s, "e3.", e2, t - 2 * (p - 1), p, k)
+        return (xp.where(prev != 0.0, ((e3 / prev) - 1.0) * 100.0, 0.0),)
+
+
+class ULTOSC(Kernel):
+    """Ultimate oscillator: buying pressure over true range on three horizons, weighted 4:2:1.
+
+    Formula: bp = close - min(low, previous close); tr = max(high - low, |previous close - high|,
+    |previous close - low|); a_i / b_i = running sums of bp / tr over the last period_i bars (the
+    periods sorted shortest first); ultosc = 100 * (4 * a1 / b1 + 2 * a2 / b2 + a3 / b3) / 7, a
+    term whose tr sum is not > 0 left out. A run of bars with bp = tr = 0 as long as a window resets
+    that window's sums to exactly 0, as TA-Lib does.
+
+    Edge cases: flat prices give 0. Volume is not read.
+
+    Reference: TA-Lib ULTOSC; Larry Williams (1985).
+    """
+
+    fn, talib, talib_inputs, family = "ultosc", "ULTOSC", ("high", "low", "close"), "momentum"
+    inputs = ("high", "low", "close")
+
+    def __init__(self, timeperiod1: int = 7, timeperiod2: int = 14, timeperiod3: int = 28) -> None:
+        _check_periods("ULTOSC", 1, timeperiod1=timeperiod1, timeperiod2=timeperiod2, timeperiod3=timeperiod3)
+        super().__init__(timeperiod1=timeperiod1, timeperiod2=timeperiod2, timeperiod3=timeperiod3)
+
+    def _periods(self) -> tuple[int, int, int]:
+        p = self.params
+        return tuple(sorted((p["timeperiod1"], p["timeperiod2"], p["timeperiod3"])))
+
+    @property
+    def lookback(self) -> int:
+        return self._periods()[2]
+
+    def windows(self):
+        w = self._periods()[2]
+        return {"high": w, "low": w, "close": w + 1}
+
+    def init(self, xp, n):
+        return {**{f"{sum_}{i}": xp.zeros(n) for sum_ in "ab" for i in (1, 2, 3)}, "null_run": xp.zeros(n)}
+
+    @staticmethod
+    def _terms(xp, high, low, close, prev_close):
+        """(close - true low, true range) of one bar, in TA-Lib's order."""
+        bp = close - xp.minimum(low, prev_close)
+        tr = xp.maximum(xp.maximum(high - low, xp.abs(prev_close - high)), xp.abs(prev_close - low))
+        return bp, tr
+
+    def step(self, xp, s, b):
+        periods = self._periods()
+        longest = periods[2]
+        t = b.t
+        hw, lw, cw = b.window("high", longest), b.window("low", longest), b.window("close", longest + 1)
+        bp, tr = self._terms(xp, b.high, b.low, b.close, cw[:, -2])
+        run = xp.where((tr == 0.0) & (bp == 0.0), s["null_run"] + 1, 0.0)
+        out_now = t >= longest
+        s["null_run"] = xp.where(out_now, xp.minimum(run, longest), run)
+        out = None
+        for i, p in enumerate(periods, start=1):
+            # Window p sums bars from `longest - p + 1` on, as TA-Lib's warm-up adds them; once the
+            # oscillator runs, a run of p bars without terms empties it to exactly 0.
+            adding = (t >= 1) & (t >= longest - p + 1)
+            empty = out_now & (run >= p)
+            a = xp.where(empty, 0.0, xp.where(adding, s[f"a{i}"] + bp, s[f"a{i}"]))
+            bsum = xp.where(empty, 0.0, xp.where(adding, s[f"b{i}"] + tr, s[f"b{i}"]))
+            ratio = xp.where(bsum > 0.0, a / bsum, 0.0)
+            out = 4.0 * ratio if i == 1 else (out + 2.0 * ratio if i == 2 else out + ratio)
+            # Then bar t - p + 1 leaves the window (TA-Lib re-reads its terms): column longest - p
+            # of the high/low history, column longest - p + 1 of the close history (its previous
+            # close just before).
+            c = longest - p
+            lbp, ltr = self._terms(xp, hw[:, c], lw[:, c], cw[:, c + 1], cw[:, c])
+            s[f"a{i}"] = xp.where(out_now, a - lbp, a)
+            s[f"b{i}"] = xp.where(out_now, bsum - ltr, bsum)
+        return (100.0 * (out / 7.0),)
+
+
+class BOP(Kernel):
+    """Balance of power: the bar's body over its range (TA-Lib BOP).
+
+    Formula: bop = (close - open) / (high - low).
+
+    Edge cases: a range that is not > 0 (high == low, flat prices) gives 0. Volume is not read.
+
+    Reference: TA-Lib BOP; Igor Livshin (2001).
+    """
+
+    fn, talib, talib_inputs, family = "bop", "BOP", ("open", "high", "low", "close"), "momentum"
+    inputs = ("open", "high", "low", "close")
+
+    @property
+    def lookback(self) -> int:
+        return 0
+
+    def step(self, xp, s, b):
+        rng = b.high - b.low
+        return (xp.where(rng > 0.0, (b.close - b.open) / rng, 0.0),)
+
+
+class MFI(Kernel):
+    """Money flow index: the share of money flow on rising typical prices over ``timeperiod`` bars.
+
+    Formula: tp = (high + low + close) / 3; flow = tp * volume, counted positive when tp rose and
+    negative when it fell against the previous bar (a change within 1e-14 of |tp| + |previous tp|
+    counts as none); mfi = 100 * pos / (pos + neg) over running sums of the last timeperiod flows.
+    A run of timeperiod bars without flow resets the sums to exactly 0, as TA-Lib does.
+
+    Edge cases: zero volume or an unchanged typical price adds no flow; a window without flow
+    (flat prices, zero volume) gives 0.
+
+    Reference: TA-Lib MFI; Gene Quong and Avrum Soudack.
+    """
+
+    fn, talib, talib_inputs, family = "mfi", "MFI", ("high", "low", "close", "volume"), "momentum"
+    inputs = ("high", "low", "close", "volume")
+
+    def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods("MFI", 2, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"]
+
+    def windows(self):
+        w = self.params["timeperiod"] + 2
+        return {"high": w, "low": w, "close": w, "volume": w - 1}
+
+    def init(self, xp, n):
+        return {"pos": xp.zeros(n), "neg": xp.zeros(n), "null_run": xp.zeros(n)}
+
+    @staticmethod
+    def _flows(xp, tp, prev_tp, volume):
+        """(positive flow, negative flow, flow) of one bar, in TA-Lib's order."""
+        d = tp - prev_tp
+        flow = xp.where(_is_zero_scaled(xp, d, xp.abs(tp) + xp.abs(prev_tp)), 0.0, tp * volume)
+        falling = d < 0.0
+        return xp.where(falling, 0.0, flow), xp.where(falling, flow, 0.0), flow
+
+    def step(self, xp, s, b):
+        p = self.params["timeperiod"]
+        t = b.t
+        w = p + 2
+        hw, lw, cw = b.window("high", w), b.window("low", w), b.window("close", w)
+        # Typical prices of this bar, the previous one, the bar leaving the window and the one before.
+        tp = (hw[:, [-1, -2, 1, 0]] + lw[:, [-1, -2, 1, 0]] + cw[:, [-1, -2, 1, 0]]) / 3.0
+        pos_in, neg_in, flow = self._flows(xp, tp[:, 0], tp[:, 1], b.volume)
+        pos_out, neg_out, _ = self._flows(xp, tp[:, 2], tp[:, 3], b.window("volume", p + 1)[:, 0])
+        sliding = t > p
+        pos = xp.where(sliding, s["pos"] - pos_out, s["pos"]) + pos_in
+        neg = xp.where(sliding, s["neg"] - neg_out, s["neg"]) + neg_in
+        run = xp.where(flow == 0.0, s["null_run"] + 1, 0.0)
+        empty = run >= p
+        s["null_run"] = xp.where(empty, float(p), run)
+        live = t >= 1
+        s["pos"] = pos = xp.where(live, xp.where(empty, 0.0, pos), 0.0)
+        s["neg"] = neg = xp.where(live, xp.where(empty, 0.0, neg), 0.0)
+        total = pos + neg
+        pos_clamped = xp.minimum(xp.maximum(pos, 0.0), total)
+        return (xp.where(total > 0.0, 100.0 * (pos_clamped / total), 0.0),)
 
 
 def defaults() -> list[Kernel]:
     """The momentum features every engine computes by default."""
-    return [RSI(14)]
+    return [RSI(14), STOCH(5, 3, 0, 3, 0), STOCHF(5, 3, 0), STOCHRSI(14, 5, 3, 0), ROC(10), ROCP(10),
+            ROCR(10), ROCR100(10), MOM(10), WILLR(14), CCI(14), CMO(14), APO(12, 26, 0), PPO(12, 26, 0),
+            TRIX(30), ULTOSC(7, 14, 28), BOP(), MFI(14)]

@@ -1,0 +1,299 @@
+"""The feature worker: closed bars from JetStream in, feature vectors out on ``feat.<tf>.<venue>.<symbol>``.
+
+Exactly-once by construction, like the bar worker (`core.bar_worker`), with one difference: the
+feature state grows with the number of series, so it is snapshotted every
+``features.snapshot_interval_s`` (and on stop) into the JetStream object store
+``tickmesh_snapshots`` rather than after every chunk:
+
+- Input is the BARS stream in stream order through the durable pull consumer ``features-worker``.
+- After each chunk the worker publishes one `core.schema.FeatureVector` per bar (Nats-Msg-Id is the
+  bar's identity, `core.schema.feat_msg_id`), waits for every PubAck, and acks the chunk.
+- Now and then it stores the whole `core.features.book.FeatureBook` with the last consumed stream
+  sequence. On start it restores that snapshot and recreates its consumer right after that
+  sequence, so a worker killed at any point recomputes the vectors since the snapshot from the same
+  bars in the same order: identical values, republished under the same Msg-Ids (dropped by the FEAT
+  stream's duplicate window, and replaced by identical rows in the sink's ReplacingMergeTree).
+
+A message that is not a bar is dead-lettered on ``dlq.features.<venue>``; so is a bar the engine
+refuses (non-finite prices), whose vector is still published, all NaN, so every bar has a vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+
+import msgspec
+import nats
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from core import streams, subjects
+from core._consumer import rebind
+from core._jspublish import AckedPublisher
+from core.config import Config, FeaturesConfig
+from core.errors import SchemaError, TickmeshError
+from core.features._xp import array_module
+from core.features.book import FeatureBook
+from core.features.featureset import FeatureSet
+from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Bar, Codec, DeadLetter,
+                         FeatureVector, feat_msg_id, traceparent)
+
+__all__ = ["FeatureWorker", "FeatureStats", "register"]
+
+log = logging.getLogger("tickmesh.features")
+
+METRICS_SUBJECT = "tickmesh.metrics.features"
+_SCHEMA = str(SCHEMA_VERSION)
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    last_seq: int
+    book: bytes
+
+
+class FeatureGapError(TickmeshError):
+    """A delivery sequence jumped: the worker restarts from its snapshot instead of skipping bars."""
+
+
+class FeatureStats(msgspec.Struct):
+    """Counters of one feature worker, published once a second as JSON."""
+
+    messages: int = 0
+    bars: int = 0
+    vectors: int = 0
+    refused: int = 0
+    dead_letters: int = 0
+    series: int = 0
+    features: int = 0
+    last_seq: int = 0
+    lag: int = 0
+    restored_seq: int = 0
+    snapshots: int = 0
+    step_ms: float = 0.0
+
+
+class FeatureWorker:
+    """Consumes bars and publishes feature vectors, recoverably.
+
+    Args:
+        js: JetStream context.
+        cfg: feature settings (device, reference symbol, fetch size, snapshot interval).
+        fs: the feature layout (default: every default feature).
+        name: durable consumer name and snapshot name; one worker owns one name at a time.
+    """
+
+    def __init__(self, js: JetStreamContext, cfg: FeaturesConfig, fs: FeatureSet | None = None,
+                 name: str = streams.FEATURES_WORKER) -> None:
+        self.js = js
+        self.cfg = cfg
+        self.name = name
+        self.fs = fs or FeatureSet()
+        self._xp = array_module(cfg.device)
+        self._codec = Codec()
+        self._out = AckedPublisher(js._nc)  # nats-py keeps the connection of a context private
+        self._subjects: dict[tuple[str, str, str], str] = {}
+        self._names = list(self.fs.names)
+        self.stats = FeatureStats(features=len(self._names))
+        self.book = self._new_book()
+        self._objects = None
+        self._sub = None
+        self._consumer_seq = 0
+        self._snap_seq = 0
+        self._snap_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"FeatureWorker(name={self.name!r}, features={len(self._names)}, device={self.cfg.device!r})"
+
+    def _new_book(self) -> FeatureBook:
+        return FeatureBook(self.fs, self._xp, self.cfg.reference)
+
+    async def on_start(self) -> None:
+        """Restores the last snapshot and binds a consumer that starts right after it."""
+        self._objects = await self.js.object_store(streams.SNAPSHOT_BUCKET)
+        await self._out.close()
+        await self._out.start()
+        self.book = self._new_book()
+        start_seq = 0
+        try:
+            # One owner writes this object, so nothing replaces it while we read; the bound only
+            # turns an unexpected stall into an error and a retry.
+            got = await asyncio.wait_for(self._objects.get(self.name), 60.0)
+            snap = msgspec.msgpack.decode(got.data, type=_Snapshot)
+            self.book.restore(snap.book)
+            start_seq = snap.last_seq
+        except ObjectNotFoundError:
+            pass
+        except asyncio.TimeoutError:
+            raise TickmeshError(f"reading the snapshot {streams.SNAPSHOT_BUCKET}/{self.name} stalled") from None
+        except (SchemaError, msgspec.DecodeError) as exc:
+            # A snapshot of another feature layout (an upgrade): recompute from the stream's start.
+            log.warning("feature snapshot not usable (%s); starting from the first bar", exc)
+        self.stats.last_seq = self.stats.restored_seq = self._snap_seq = start_seq
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        self._sub = await rebind(self.js, self.name, start_seq, kind=streams.FEATURES_WORKER)
+        self._consumer_seq = 0
+        log.info("feature worker %s starting after stream seq %d (%d series restored)", self.name, start_seq,
+                 self.book.series)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Processes chunks until ``stop`` is set, then snapshots."""
+        if self._sub is None:
+            await self.on_start()
+        while not stop.is_set():
+            try:
+                msgs = await self._sub.fetch(self.cfg.fetch_batch, timeout=0.25)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                msgs = []
+            except nats.errors.Error as exc:  # disconnected: nats-py reconnects, the consumer persists
+                log.warning("fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                if msgs:
+                    await self.on_chunk(msgs)
+                if time.monotonic() - self._snap_at >= self.cfg.snapshot_interval_s:
+                    await self.snapshot()
+            except (TickmeshError, nats.errors.Error) as exc:
+                log.warning("chunk failed (%s); resuming from the last snapshot", exc)
+                await asyncio.sleep(1.0)
+                await self.on_start()
+        try:
+            await self.snapshot()
+        except (TickmeshError, nats.errors.Error) as exc:
+            log.warning("final snapshot failed (%s); the next start replays from the previous one", exc)
+
+    async def snapshot(self) -> None:
+        """Stores the book with the last consumed sequence (only when something changed)."""
+        self._snap_at = time.monotonic()
+        if self.stats.last_seq == self._snap_seq:
+            return
+        await self._out.wait()
+        data = msgspec.msgpack.encode(_Snapshot(self.stats.last_seq, self.book.snapshot()))
+        await self._objects.put(self.name, data)
+        self._snap_seq = self.stats.last_seq
+        self.stats.snapshots += 1
+
+    async def on_chunk(self, msgs: list) -> None:
+        """Handles one fetched chunk: vectors out, then one ack for the chunk."""
+        bars: list[Bar] = []
+        parents: list[str | None] = []
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.sequence.consumer != self._consumer_seq + 1:
+                raise FeatureGapError(f"delivery {meta.sequence.consumer} after {self._consumer_seq}: a message "
+                                      "was not seen")
+            self._consumer_seq = meta.sequence.consumer
+            if meta.sequence.stream <= self.stats.last_seq:
+                continue  # redelivered and already in the state
+            self.stats.last_seq = meta.sequence.stream
+            self.stats.messages += 1
+            try:
+                bar = self._codec.decode(msg.data)
+                if not isinstance(bar, Bar):
+                    raise SchemaError(f"expected a Bar on {msg.subject}, got {type(bar).__name__}")
+            except SchemaError as exc:
+                await self._dead_letter(msg.subject, str(exc), msg.data, f"{meta.sequence.stream}")
+                continue
+            bars.append(bar)
+            parents.append(msg.headers.get(HDR_TRACEPARENT) if msg.headers else None)
+        if bars:
+            t0 = time.perf_counter()
+            values, refused = self.book.on_bars(bars)
+            self.stats.step_ms = (time.perf_counter() - t0) * 1e3
+            await self._publish(bars, values, parents)
+            for i in refused.tolist():
+                b = bars[i]
+                self.stats.refused += 1
+                await self._dead_letter(subjects.bar(b.tf, b.venue, b.symbol),
+                                        "refused: bar with a non-finite price or volume, or a negative volume",
+                                        self._codec.encode(b), f"refused.{b.tf}.{b.venue}.{b.symbol}.{b.start_ns}")
+            self.stats.bars += len(bars)
+            self.stats.series = self.book.series
+        await self._out.wait()
+        await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the whole chunk
+
+    async def _publish(self, bars: list[Bar], values, parents: list[str | None]) -> None:
+        data = values.astype("<f8", copy=False)
+        for bar, row, parent in zip(bars, data, parents):
+            vec = FeatureVector(bar.venue, bar.symbol, bar.tf, bar.start_ns, self._names, row.tobytes(),
+                                self.fs.digest, bar.last_recv_ns)
+            key = (bar.tf, bar.venue, bar.symbol)
+            subject = self._subjects.get(key) or self._subjects.setdefault(key, subjects.feat(*key))
+            await self._out.publish(subject, self._codec.encode(vec), {
+                HDR_MSG_ID: feat_msg_id(vec), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: traceparent(parent)})
+        self.stats.vectors += len(bars)
+
+    async def _dead_letter(self, subject: str, reason: str, raw: bytes, tag: str) -> None:
+        self.stats.dead_letters += 1
+        try:
+            venue = subjects.parse(subject).venue
+        except Exception:  # a subject outside our families still gets its dead letter
+            venue = "unknown"
+        letter = DeadLetter("features", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=subject)
+        await self._out.publish(subjects.dlq("features", venue), self._codec.encode(letter),
+                                {HDR_MSG_ID: f"dlq.features.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
+
+    async def lag(self) -> int:
+        """Bars in the stream not yet delivered to this worker."""
+        info = await self.js.consumer_info(streams.BARS_STREAM, self.name)
+        return info.num_pending
+
+
+async def _report(nc, worker: FeatureWorker, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            worker.stats.lag = await worker.lag()
+            await nc.publish(METRICS_SUBJECT, json.dumps(
+                {**msgspec.structs.asdict(worker.stats), "ts": time.time()}).encode())
+        except Exception as exc:  # metrics must never stop the worker
+            log.debug("metrics publish failed: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def serve(cfg: Config, url: str) -> None:
+    """Runs one feature worker until SIGINT/SIGTERM."""
+    import signal
+
+    nc = await nats.connect(url, name="tickmesh-features", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await streams.ensure(js, cfg.streams)
+    worker = FeatureWorker(js, cfg.features)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.on_start()
+    reporter = asyncio.create_task(_report(nc, worker, stop))
+    try:
+        await worker.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await nc.close()
+
+
+def _cmd(args: argparse.Namespace, cfg: Config) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    url = args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
+    try:
+        asyncio.run(serve(cfg, url))
+    except TickmeshError as exc:
+        print(f"tickmesh feature-worker: {exc}")
+        return 2
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("feature-worker", help="run the feature worker (bars in, feature vectors out)")
+    p.add_argument("--url", help="NATS url (default: from config)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="array backend (default: config features.device)")
+    p.set_defaults(func=lambda a, c: _cmd(a, msgspec.structs.replace(
+        c, features=msgspec.structs.replace(c.features, device=a.device)) if a.device else c))
