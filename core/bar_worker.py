@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 
@@ -32,6 +31,7 @@ from nats.js.errors import KeyNotFoundError
 from core import streams, subjects
 from core._consumer import rebind
 from core._jspublish import AckedPublisher
+from core._service import nats_url, serve
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
 from core.errors import SchemaError, TickmeshError, ValidationError
@@ -213,46 +213,10 @@ class BarWorker:
         return info.num_pending
 
 
-async def _report(nc, worker: BarWorker, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            worker.stats.lag = await worker.lag()
-            await nc.publish(METRICS_SUBJECT, json.dumps(
-                {**msgspec.structs.asdict(worker.stats), "ts": time.time()}).encode())
-        except Exception as exc:  # metrics must never stop the worker
-            log.debug("metrics publish failed: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except asyncio.TimeoutError:
-            pass
-
-
-async def serve(cfg: Config, url: str) -> None:
-    """Runs one bar worker until SIGINT/SIGTERM."""
-    import signal
-
-    nc = await nats.connect(url, name="tickmesh-worker", max_reconnect_attempts=-1)
-    js = nc.jetstream()
-    await streams.ensure(js, cfg.streams)
-    worker = BarWorker(js, cfg.worker)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await worker.on_start()
-    reporter = asyncio.create_task(_report(nc, worker, stop))
-    try:
-        await worker.run(stop)
-    finally:
-        stop.set()
-        await reporter
-        await nc.close()
-
-
 def _cmd_worker(args: argparse.Namespace, cfg: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    url = args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
-    asyncio.run(serve(cfg, url))
+    asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-worker", lambda js: BarWorker(js, cfg.worker),
+                      METRICS_SUBJECT))
     return 0
 
 

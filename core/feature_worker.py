@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 
 import msgspec
 import nats
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 
 from core import streams, subjects
 from core._consumer import rebind
 from core._jspublish import AckedPublisher
+from core._service import nats_url, serve
 from core.config import Config, FeaturesConfig
 from core.errors import SchemaError, TickmeshError
 from core.features._xp import array_module
@@ -244,47 +244,11 @@ class FeatureWorker:
         return info.num_pending
 
 
-async def _report(nc, worker: FeatureWorker, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            worker.stats.lag = await worker.lag()
-            await nc.publish(METRICS_SUBJECT, json.dumps(
-                {**msgspec.structs.asdict(worker.stats), "ts": time.time()}).encode())
-        except Exception as exc:  # metrics must never stop the worker
-            log.debug("metrics publish failed: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except asyncio.TimeoutError:
-            pass
-
-
-async def serve(cfg: Config, url: str) -> None:
-    """Runs one feature worker until SIGINT/SIGTERM."""
-    import signal
-
-    nc = await nats.connect(url, name="tickmesh-features", max_reconnect_attempts=-1)
-    js = nc.jetstream()
-    await streams.ensure(js, cfg.streams)
-    worker = FeatureWorker(js, cfg.features)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await worker.on_start()
-    reporter = asyncio.create_task(_report(nc, worker, stop))
-    try:
-        await worker.run(stop)
-    finally:
-        stop.set()
-        await reporter
-        await nc.close()
-
-
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    url = args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
     try:
-        asyncio.run(serve(cfg, url))
+        asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-features",
+                          lambda js: FeatureWorker(js, cfg.features), METRICS_SUBJECT))
     except TickmeshError as exc:
         print(f"tickmesh feature-worker: {exc}")
         return 2

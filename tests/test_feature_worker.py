@@ -22,7 +22,7 @@ from core.features.barfile import BarSeries
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
 from core.features.offline import compute
-from core.schema import HDR_MSG_ID, TIMEFRAME_NS, Bar, Codec, DeadLetter, FeatureVector, TradeBatch, bar_msg_id
+from core.schema import HDR_MSG_ID, TIMEFRAME_NS, Bar, Codec, FeatureVector, TradeBatch, bar_msg_id
 from tests.test_worker import kraken_rest_batches, stream_messages, wait_until
 
 CODEC = Codec()

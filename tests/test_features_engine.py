@@ -62,8 +62,10 @@ def test_device_switch_errors_are_clear():
     with pytest.raises(ConfigError, match="one of"):
         array_module("tpu")
     try:
-        import cupy  # noqa: F401
+        import cupy
     except ImportError:
+        cupy = None
+    if cupy is None:
         with pytest.raises(ConfigError, match="CuPy"):
             array_module("gpu")
 
@@ -80,9 +82,7 @@ def test_incremental_equals_vectorized_with_staggered_rows(kernel, eurusd, goog)
     inc = np.array(inc)
     # row 0: the same series from its start; row 1: another series; row 2: the same series
     # joining 57 bars later, so every step mixes rows at different warm-up points.
-    late = BarSeries(name="late", columns={k: v[: N_BARS - 57] for k, v in c.items()})
-    engine = FeatureEngine([kernel])
-    rows = engine.grow(3)
+    engine = FeatureEngine([kernel], n=3)
     out = [[], [], []]
     g = goog.columns
     for i in range(N_BARS):

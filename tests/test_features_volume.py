@@ -102,7 +102,7 @@ def _vwap_session(c):
 def _window_sum(x, n):
     out = np.full(len(x), np.nan)
     if len(x) >= n:
-        out[n - 1:] = sliding_window_view(x, n).sum(axis=1)
+        out[n - 1:] = np.cumsum(sliding_window_view(x, n), axis=1)[:, -1]  # oldest first, as the kernel adds
     return out
 
 

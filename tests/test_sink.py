@@ -6,11 +6,14 @@ import asyncio
 import json
 
 import msgspec
+import numpy as np
 import pytest
 
 from core import streams, subjects
 from core.config import StreamsConfig
-from core.schema import Codec, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, bar_msg_id, batch_msg_id
+from core.features.book import FeatureBook
+from core.features.featureset import FeatureSet
+from core.schema import Codec, HDR_MSG_ID, Bar, DeadLetter, FeatureVector, TradeBatch, bar_msg_id, batch_msg_id
 from core.sink import METRICS_SUBJECT, Sink
 from core.store import Store
 from tests.test_store import binance_bars, binance_frame_dead_letter, huobi_quotes, kraken_trades
@@ -91,25 +94,34 @@ async def test_sink_stores_everything_and_publishes_metrics(nc, js, store):
     for b in bars:
         await js.publish(subjects.bar(b.tf, b.venue, b.symbol), CODEC.encode(b), headers={HDR_MSG_ID: bar_msg_id(b)})
     dl_ack = await js.publish(subjects.dlq(dl.stage, dl.venue), CODEC.encode(dl))
+    fs = FeatureSet()
+    values, _ = FeatureBook(fs).on_bars(bars)
+    vectors = [FeatureVector(b.venue, b.symbol, b.tf, b.start_ns, list(fs.names), v.tobytes(), fs.digest)
+               for b, v in zip(bars, values)]
+    for v in vectors + vectors[:2]:  # two redelivered: stored once
+        await js.publish(subjects.feat(v.tf, v.venue, v.symbol), CODEC.encode(v))
     metrics = await nc.subscribe(METRICS_SUBJECT)
 
-    expected = {"trades": 1000, "quotes": 10, "bars": 21, "features": 0, "dead_letters": 1}
+    expected = {"trades": 1000, "quotes": 10, "bars": 21, "features": 21, "dead_letters": 1}
     async with Running(Sink(js, store, batch=4, metrics_interval_s=0.2)) as sink:  # small batch: many fetches
         await until(lambda: _counts_are(store, expected), "all rows in the store")
         for stream, consumer in ((streams.MD_STREAM, streams.SINK_MD), (streams.BARS_STREAM, streams.SINK_BARS),
-                                 (streams.DLQ_STREAM, streams.SINK_DLQ)):
+                                 (streams.FEAT_STREAM, streams.SINK_FEAT), (streams.DLQ_STREAM, streams.SINK_DLQ)):
             await until(lambda: consumer_settled(js, stream, consumer), f"{consumer} acked everything")
         snap = json.loads((await asyncio.wait_for(metrics.next_msg(WAIT_S), WAIT_S)).data)
 
     stats = sink.stats
-    assert (stats.trades, stats.quotes, stats.bars, stats.dead_letters) == (1000, 10, 21, 1)
-    assert stats.messages == 7 + 1 + 21 + 1
+    assert (stats.trades, stats.quotes, stats.bars, stats.features, stats.dead_letters) == (1000, 10, 21, 23, 1)
+    assert stats.messages == 7 + 1 + 21 + 23 + 1
     assert stats.insert_errors == 0 and stats.lag == 0
     assert set(snap) >= set(msgspec.structs.asdict(stats)) | {"ts_ns"}
     assert [Bar(**r) for r in await store.run(store.bars, "binance", "ADA-BTC", "1m")] == bars
     (row,) = await store.run(store.dead_letters)
     assert (row.pop("stream"), row.pop("stream_seq")) == (streams.DLQ_STREAM, dl_ack.seq)
     assert DeadLetter(**row) == dl
+    got = await store.run(store.features, "binance", "ADA-BTC", "1m")
+    assert got["names"] == list(fs.names) and got["start_ns"] == [b.start_ns for b in bars]
+    np.testing.assert_array_equal(np.array(got["values"]), values)
 
 
 async def _counts_are(store: Store, expected: dict[str, int]) -> bool:

@@ -28,7 +28,7 @@ from core.features.kernel import FIELDS, Bars, Kernel
 __all__ = ["FeatureEngine", "StepResult", "names_digest"]
 
 NAN = float("nan")
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # bumped whenever a kernel's state changes meaning
 _REQUIRED = ("open", "high", "low", "close", "volume")
 
 
@@ -159,6 +159,12 @@ class FeatureEngine:
         self._t = xp.zeros(0, dtype=xp.int64)
         self._hist = {f: _History(xp, w, 0) for f, w in widths.items()}
         self._states = [k.init(xp, 0) for k in self.kernels]
+        # The state's layout (history widths, each kernel's arrays) next to the names: a snapshot
+        # restores only into an engine whose state has the same shape.
+        self.state_digest = names_digest([
+            *self.names, *(f"{f}:{w}" for f, w in sorted(widths.items())),
+            *(f"{i}.{key}:{a.dtype.str}{tuple(a.shape[1:])}" for i, s in enumerate(self._states)
+              for key, a in sorted(s.items()))])
         if n:
             self.grow(n)
 
@@ -228,6 +234,8 @@ class FeatureEngine:
         ok = xp.isfinite(cols["open"]) & xp.isfinite(cols["high"]) & xp.isfinite(cols["low"])
         ok &= xp.isfinite(cols["close"]) & xp.isfinite(cols["volume"]) & (cols["volume"] >= 0)
         refused = np.flatnonzero(~to_numpy(ok))
+        if rows is not None and m == self.n and np.array_equal(to_numpy(rows), np.arange(m)):
+            rows = None  # every row in order: the cheaper whole-engine path
         idx = None if rows is None else xp.asarray(rows, dtype=xp.int64)
         if refused.size:
             keep = xp.asarray(np.flatnonzero(to_numpy(ok)))
@@ -288,7 +296,7 @@ class FeatureEngine:
 
     def snapshot(self) -> bytes:
         """Every row's state as bytes (host memory), restorable with `restore`."""
-        snap = _Snapshot(_SNAPSHOT_VERSION, self.digest, self.n, _pack(self._t),
+        snap = _Snapshot(_SNAPSHOT_VERSION, self.state_digest, self.n, _pack(self._t),
                          {f: h.pack() for f, h in self._hist.items()},
                          [{k: _pack(v) for k, v in s.items()} for s in self._states])
         return msgspec.msgpack.encode(snap)
@@ -303,9 +311,9 @@ class FeatureEngine:
             snap = msgspec.msgpack.decode(data, type=_Snapshot)
         except msgspec.DecodeError as exc:
             raise SchemaError(f"unreadable feature snapshot: {exc}") from None
-        if snap.version != _SNAPSHOT_VERSION or snap.digest != self.digest:
+        if snap.version != _SNAPSHOT_VERSION or snap.digest != self.state_digest:
             raise SchemaError(f"feature snapshot v{snap.version}/{snap.digest} does not match this engine "
-                              f"v{_SNAPSHOT_VERSION}/{self.digest}")
+                              f"v{_SNAPSHOT_VERSION}/{self.state_digest} (other features or state layout)")
         xp = self.xp
         self.n = snap.n
         self._t = _unpack(xp, snap.t).copy()

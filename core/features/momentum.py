@@ -71,37 +71,93 @@ def _check_periods(fn: str, least: int, **periods: int) -> None:
 
 
 def _across(xp, w):
-    """A window ``w`` (rows, width) as a contiguous (width, rows) copy, so that a max/min over the
-    window runs across rows: NumPy reduces a short inner axis several times slower (widths 5 to
-    30). Not for sums whose order matters: with one row NumPy adds pairwise again."""
+    """A window ``w`` (rows, width) of `Bars.window` as a contiguous (width, rows) array, so that
+    a max/min over the window runs across rows: NumPy reduces a short inner axis several times
+    slower (widths 5 to 30). Free when every row steps (the engine's history is time-major); a
+    copy when only some rows step (the engine then hands over a row-major window). Not for sums
+    whose order matters: with one row NumPy adds pairwise again."""
     return xp.ascontiguousarray(w.T)
 
 
-def _ring_put(xp, ring, t, x) -> None:
-    """Writes ``x`` in place into slot ``t mod width`` of each row of the circular buffer ``ring``.
+def _slot(xp, t, width: int):
+    """``t mod width`` (non-negative, ``t`` may be negative) by floor division: NumPy's integer
+    ``%`` costs twice as much."""
+    return t - (t // width) * width
 
-    Rows before their first value (``t < 0``) write too: every slot is overwritten by live values
-    before a full window is read, so the writes need no mask.
+
+def _ring(xp, s, key: str, time_major: bool = False):
+    """The per-row circular buffer ``s[key]`` (n, width), bar t of a row in slot ``t mod width``,
+    as (ring, flat view): one value per row is read or written as ``flat[pos]`` with positions
+    from `_ring_pos`, O(n), where shifting a window costs O(n * width) and a (rows, slot) pair of
+    index arrays is several times slower in NumPy.
+
+    ``time_major`` keeps the ring in column-major order (memory (width, n)), so ``ring.T[j]`` is
+    slot j of every row, contiguous: for kernels that reduce across the slots. The ring is
+    converted (and stored back) when it is not in that order: once after the engine grows, and
+    every bar for the copy the engine hands a kernel when only some rows step. Otherwise
+    row-major, which the engine keeps.
     """
-    ring[xp.arange(ring.shape[0]), t % ring.shape[1]] = x
+    ring = s[key]
+    ring = s[key] = xp.asfortranarray(ring) if time_major else xp.ascontiguousarray(ring)
+    return ring, (ring.T if time_major else ring).reshape(-1)
+
+
+def _ring_pos(xp, ring, t):
+    """Positions of slot ``t mod width`` of each row in the flat view of ``ring`` (`_ring`)."""
+    n, width = ring.shape
+    slot = _slot(xp, t, width)
+    if ring.flags.c_contiguous:
+        return xp.arange(n) * width + slot
+    return slot * n + xp.arange(n)
+
+
+def _patch_rows(xp, need, general, args, steady):
+    """``general(*args)``, a kernel's full per-row formula (a tuple of arrays, right for every
+    row), computed with NumPy only for the rows where ``need`` holds: the other rows take
+    ``steady()``, a shorter formula right where ``need`` does not hold (past the warm-up, no reset
+    of a window's sums). Returns a list of arrays.
+
+    Rows warming up are few once a feed runs, so every row pays only the steady formula, and
+    finding the others costs no transfer (NumPy arrays are on the host). On a GPU, where a
+    device-to-host read would stall, ``general`` runs for every row.
+    """
+    if xp.__name__ != "numpy":
+        return list(general(*args))
+    out = list(steady())
+    idx = xp.flatnonzero(need)
+    if idx.size:
+        for dst, v in zip(out, general(*(a[idx] for a in args))):
+            dst[idx] = v
+    return out
 
 
 def _sma_init(xp, n, period: int) -> dict:
-    return {"total": xp.zeros(n), "ring": _prim.window_init(xp, n, period)}
+    return {"tmp": xp.zeros(n), "ring": _prim.window_init(xp, n, period)}
 
 
 def _sma(xp, s, x, t, period: int):
     """`_prim.sma` (TA-Lib's running ``periodTotal``, the same arithmetic) over a circular buffer
-    written in place instead of a shifted window: the value leaving is in slot ``(t + 1) mod
-    period``. For a series a kernel derives; an SMA of a bar field reads the shared history
-    (`_close_sma`)."""
-    ring = s["ring"]
-    _ring_put(xp, ring, t, x)
-    tmp = s["total"] + x
-    full = t >= period - 1
-    leaving = ring[xp.arange(ring.shape[0]), (t + 1) % period]
-    s["total"] = xp.where(t >= 0, xp.where(full, tmp - leaving, tmp), s["total"])
-    return xp.where(full, tmp / period, NAN)
+    written in place instead of a shifted window. The state keeps the total before the value
+    leaving the window is subtracted (``tmp``); that value, x[t - period], is subtracted on the
+    next bar, read from the slot x[t] is about to overwrite: the same float operations in the
+    same order as `_prim.sma`. For a series a kernel derives; an SMA of a bar field reads the
+    shared history (`_close_sma`)."""
+    ring, flat = _ring(xp, s, "ring")
+    pos = _ring_pos(xp, ring, t)
+    leaving = flat[pos]  # x[t - period]: the last value of the previous bar's window
+    flat[pos] = x
+    prev = s["tmp"]
+
+    def general(t, prev, leaving, x):
+        tmp = xp.where(t >= period, prev - leaving, prev) + x
+        return xp.where(t >= 0, tmp, prev), xp.where(t >= period - 1, tmp / period, NAN)
+
+    def steady():  # a full window
+        tmp = (prev - leaving) + x
+        return tmp, tmp / period
+
+    s["tmp"], out = _patch_rows(xp, t < period, general, (t, prev, leaving, x), steady)
+    return out
 
 
 def _ma_init(xp, n, matype: int, period: int) -> dict:
@@ -109,10 +165,21 @@ def _ma_init(xp, n, matype: int, period: int) -> dict:
 
 
 def _ema_stage(xp, s, prefix: str, x, t, period: int, k: float):
-    """`_prim.ema` on the state entries ``prefix*`` of a composite kernel's flat state."""
-    st = _sub(s, prefix)
-    v = _prim.ema(xp, st, x, t, period, k)
-    _put(s, prefix, st)
+    """`_prim.ema` (TA-Lib's EMA: seeded by the mean of the first ``period`` values, then
+    ``((x - prev) * k) + prev``, the same arithmetic) on the state entries ``prefix*`` (``sum``,
+    ``v``) of a composite kernel's flat state; the seeding only for rows still in it
+    (`_patch_rows`). ``t`` counts the values fed to this stage before this one."""
+    sum_, v = s[prefix + "sum"], s[prefix + "v"]
+
+    def general(t, sum_, v, x):
+        acc = sum_ + x
+        seeding = (t >= 0) & (t < period)
+        return (xp.where(seeding, acc, sum_),
+                xp.where(t == period - 1, acc / period, xp.where(t >= period, ((x - v) * k) + v, v)))
+
+    # Past the seed the sum stays as it is (written in place for the rows still seeding).
+    s[prefix + "sum"], s[prefix + "v"] = sum_, v = _patch_rows(
+        xp, t < period, general, (t, sum_, v, x), lambda: (sum_, ((x - v) * k) + v))
     return v
 
 
@@ -129,11 +196,57 @@ def _ma(xp, s, prefix: str, x, t, matype: int, period: int):
     return v
 
 
+def _slot_sum(xp, slots, center=None):
+    """Sum of the rows of ``slots`` (width, n) added one after the other, slot 0 first: the order
+    of TA-Lib's loops over its circular buffer. With ``center`` (n,), the sum of ``|slot -
+    center|``. A reduction would not keep the order (NumPy adds a contiguous axis pairwise, a GPU
+    in a tree), ``cumsum`` along the short axis costs several times more than these width - 1
+    whole-row additions, and row by row no (width, n) temporary is made."""
+    if center is None:
+        total = slots[0] + slots[1]
+        for j in range(2, slots.shape[0]):
+            total += slots[j]
+        return total
+    total = xp.abs(slots[0] - center)
+    dev = xp.empty_like(total)
+    for j in range(1, slots.shape[0]):
+        xp.subtract(slots[j], center, out=dev)
+        total += xp.abs(dev, out=dev)
+    return total
+
+
 # ------------------------------------------------------------------------------- shared recurrences
 
 
 def _rsi_init(xp, n) -> dict:
     return {"prev": xp.full(n, NAN), "gain": xp.zeros(n), "loss": xp.zeros(n)}
+
+
+def _gain_loss(xp, s, x, t, p: int, scale):
+    """TA-Lib's Wilder-smoothed average gain and loss of ``x`` (state ``prev``, ``gain``,
+    ``loss``), defined from ``t == p`` on: plain sums of the first ``p`` gains and losses, scaled
+    on bar p, then ``scale(prev * (p - 1) + value)``. ``scale`` is ``v * (1 / p)`` for RSI and
+    ``v / p`` for CMO, as the bundled TA-Lib computes them. The plain sums only for rows up to
+    bar p (`_patch_rows`).
+    """
+    diff = x - s["prev"]
+    s["prev"] = x
+    # fmax: 0 where diff is NaN (a row's first bar: no previous value), so that bar adds 0 to the
+    # initial 0. A -0.0 in place of TA-Lib's 0 adds the same to a sum that is never -0.0.
+    up = xp.fmax(diff, 0.0)
+    down = xp.fmax(-diff, 0.0)
+    gain, loss = s["gain"], s["loss"]
+
+    def general(t, gain, loss, up, down):
+        def average(acc, v):
+            seed = acc + v
+            return xp.where(t > p, scale(acc * (p - 1) + v), xp.where(t == p, scale(seed), seed))
+        return average(gain, up), average(loss, down)
+
+    s["gain"], s["loss"] = gain, loss = _patch_rows(
+        xp, t <= p, general, (t, gain, loss, up, down),
+        lambda: (scale(gain * (p - 1) + up), scale(loss * (p - 1) + down)))
+    return gain, loss
 
 
 def _rsi(xp, s, x, t, p: int):
@@ -144,19 +257,7 @@ def _rsi(xp, s, x, t, p: int):
     CMO divides). The gain + loss total is tested exactly (> 0), as TA-Lib does.
     """
     inv = 1.0 / p
-    diff = x - s["prev"]
-    s["prev"] = x
-    up = xp.where(diff < 0, 0.0, diff)
-    down = xp.where(diff < 0, -diff, 0.0)
-    seeding = t <= p
-    gain = xp.where(seeding, s["gain"] + up, (s["gain"] * (p - 1) + up) * inv)
-    loss = xp.where(seeding, s["loss"] + down, (s["loss"] * (p - 1) + down) * inv)
-    at_seed = t == p
-    gain = xp.where(at_seed, gain * inv, gain)
-    loss = xp.where(at_seed, loss * inv, loss)
-    first = t == 0
-    s["gain"] = gain = xp.where(first, 0.0, gain)
-    s["loss"] = loss = xp.where(first, 0.0, loss)
+    gain, loss = _gain_loss(xp, s, x, t, p, lambda v: v * inv)
     total = gain + loss
     return xp.where(total > 0.0, 100.0 * (gain / total), 0.0)
 
@@ -353,9 +454,10 @@ class STOCHRSI(Kernel):
         period, w = p["timeperiod"], p["fastk_period"]
         tr = b.t - period  # RSI values seen before this one
         rsi = _rsi(xp, s, b.close, b.t, period)
-        _ring_put(xp, s["rsi_ring"], tr, rsi)  # the last fastk_period RSI values, in any order
-        win = _across(xp, s["rsi_ring"])
-        fastk = _fast_k(xp, win.max(axis=0), win.min(axis=0), rsi)
+        # The last fastk_period RSI values, in any order, time-major for the max/min across them.
+        ring, flat = _ring(xp, s, "rsi_ring", time_major=True)
+        flat[_ring_pos(xp, ring, tr)] = rsi
+        fastk = _fast_k(xp, ring.T.max(axis=0), ring.T.min(axis=0), rsi)
         fastd = _ma(xp, s, "d.", fastk, tr - (w - 1), p["fastd_matype"], p["fastd_period"])
         return fastk, fastd
 
@@ -545,12 +647,11 @@ class CCI(Kernel):
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
         tp = (b.high + b.low + b.close) / 3
-        ring = s["ring"]
-        _ring_put(xp, ring, b.t, tp)
-        # Slot by slot, in the order of TA-Lib's loops over its buffer: a running sum (cumsum) is
-        # in that order by definition, where sum() may add pairwise.
-        mean = xp.cumsum(ring, axis=1)[:, -1] / p
-        meandev = xp.cumsum(xp.abs(ring - mean[:, None]), axis=1)[:, -1] / p
+        ring, flat = _ring(xp, s, "ring", time_major=True)
+        flat[_ring_pos(xp, ring, b.t)] = tp
+        slots = ring.T  # (timeperiod, n), slot j of every row in row j
+        mean = _slot_sum(xp, slots) / p
+        meandev = _slot_sum(xp, slots, mean) / p
         dist = tp - mean
         level = xp.abs(mean)
         flat = _is_zero_scaled(xp, dist, level) | _is_zero_scaled(xp, meandev, level)
@@ -584,20 +685,7 @@ class CMO(Kernel):
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        t = b.t
-        diff = b.close - s["prev"]
-        s["prev"] = b.close
-        up = xp.where(diff < 0, 0.0, diff)
-        down = xp.where(diff < 0, -diff, 0.0)
-        seeding = t <= p
-        gain = xp.where(seeding, s["gain"] + up, (s["gain"] * (p - 1) + up) / p)
-        loss = xp.where(seeding, s["loss"] + down, (s["loss"] * (p - 1) + down) / p)
-        at_seed = t == p
-        gain = xp.where(at_seed, gain / p, gain)
-        loss = xp.where(at_seed, loss / p, loss)
-        first = t == 0
-        s["gain"] = gain = xp.where(first, 0.0, gain)
-        s["loss"] = loss = xp.where(first, 0.0, loss)
+        gain, loss = _gain_loss(xp, s, b.close, b.t, p, lambda v: v / p)
         total = gain + loss
         return (xp.where(total > 0.0, 100.0 * ((gain - loss) / total), 0.0),)
 
@@ -748,7 +836,7 @@ class ULTOSC(Kernel):
 
     def windows(self):
         w = self._periods()[2]
-        return {"high": w, "low": w, "close": w + 1}
+        return {"high": w + 1, "low": w + 1, "close": w + 2}
 
     def init(self, xp, n):
         return {**{f"{sum_}{i}": xp.zeros(n) for sum_ in "ab" for i in (1, 2, 3)}, "null_run": xp.zeros(n)}
@@ -764,28 +852,45 @@ class ULTOSC(Kernel):
         periods = self._periods()
         longest = periods[2]
         t = b.t
-        hw, lw, cw = b.window("high", longest), b.window("low", longest), b.window("close", longest + 1)
+        hw, lw, cw = b.window("high", longest + 1), b.window("low", longest + 1), b.window("close", longest + 2)
         bp, tr = self._terms(xp, b.high, b.low, b.close, cw[:, -2])
-        run = xp.where((tr == 0.0) & (bp == 0.0), s["null_run"] + 1, 0.0)
-        out_now = t >= longest
-        s["null_run"] = xp.where(out_now, xp.minimum(run, longest), run)
-        out = None
+        run = (s["null_run"] + 1.0) * ((tr == 0.0) & (bp == 0.0))
+        s["null_run"] = xp.minimum(run, longest)  # run <= t: only capped once the oscillator runs
+        # The sums a_i (buying pressure) and b_i (true range) keep bar t's terms until bar t + 1,
+        # which first takes out those of bar t + 1 - p (TA-Lib subtracts them right after its
+        # output: the same operations in the same order): column longest - p of the high/low
+        # history, longest - p + 1 of the close history (its previous close just before).
+        prev, leaving = [], []
         for i, p in enumerate(periods, start=1):
-            # Window p sums bars from `longest - p + 1` on, as TA-Lib's warm-up adds them; once the
-            # oscillator runs, a run of p bars without terms empties it to exactly 0.
-            adding = (t >= 1) & (t >= longest - p + 1)
-            empty = out_now & (run >= p)
-            a = xp.where(empty, 0.0, xp.where(adding, s[f"a{i}"] + bp, s[f"a{i}"]))
-            bsum = xp.where(empty, 0.0, xp.where(adding, s[f"b{i}"] + tr, s[f"b{i}"]))
-            ratio = xp.where(bsum > 0.0, a / bsum, 0.0)
-            out = 4.0 * ratio if i == 1 else (out + 2.0 * ratio if i == 2 else out + ratio)
-            # Then bar t - p + 1 leaves the window (TA-Lib re-reads its terms): column longest - p
-            # of the high/low history, column longest - p + 1 of the close history (its previous
-            # close just before).
             c = longest - p
-            lbp, ltr = self._terms(xp, hw[:, c], lw[:, c], cw[:, c + 1], cw[:, c])
-            s[f"a{i}"] = xp.where(out_now, a - lbp, a)
-            s[f"b{i}"] = xp.where(out_now, bsum - ltr, bsum)
+            prev += [s[f"a{i}"], s[f"b{i}"]]
+            leaving += self._terms(xp, hw[:, c], lw[:, c], cw[:, c + 1], cw[:, c])
+
+        def general(t, run, bp, tr, *args):
+            new = []
+            for i, p in enumerate(periods):
+                a, bsum, lbp, ltr = args[2 * i], args[2 * i + 1], args[6 + 2 * i], args[7 + 2 * i]
+                # Window p sums bars from `longest - p + 1` on, as TA-Lib's warm-up adds them;
+                # once the oscillator runs, a run of p bars without terms empties it to exactly 0.
+                adding = t >= max(1, longest - p + 1)
+                empty = (t >= longest) & (run >= p)
+                a = xp.where(t > longest, a - lbp, a)
+                bsum = xp.where(t > longest, bsum - ltr, bsum)
+                new += [xp.where(empty, 0.0, xp.where(adding, a + bp, a)),
+                        xp.where(empty, 0.0, xp.where(adding, bsum + tr, bsum))]
+            return new
+
+        def steady():  # past the warm-up, no window emptied
+            return [(sum_ - out) + term for sum_, out, term in zip(prev, leaving, (bp, tr) * 3)]
+
+        sums = _patch_rows(xp, (t <= longest) | (run >= periods[0]), general, (t, run, bp, tr, *prev, *leaving),
+                           steady)
+        out = None
+        for i in range(3):
+            a, bsum = sums[2 * i], sums[2 * i + 1]
+            s[f"a{i + 1}"], s[f"b{i + 1}"] = a, bsum
+            ratio = xp.where(bsum > 0.0, a / bsum, 0.0)
+            out = 4.0 * ratio if i == 0 else (out + 2.0 * ratio if i == 1 else out + ratio)
         return (100.0 * (out / 7.0),)
 
 
@@ -837,38 +942,53 @@ class MFI(Kernel):
         return self.params["timeperiod"]
 
     def windows(self):
-        w = self.params["timeperiod"] + 2
-        return {"high": w, "low": w, "close": w, "volume": w - 1}
+        w = self.params["timeperiod"] + 1
+        return {"high": w, "low": w, "close": w, "volume": w}
 
     def init(self, xp, n):
-        return {"pos": xp.zeros(n), "neg": xp.zeros(n), "null_run": xp.zeros(n)}
+        # tp / tp_out: the typical prices of the previous bar and of the bar that left the window
+        # on the previous bar, each the "previous typical price" of this bar's pair.
+        return {"pos": xp.zeros(n), "neg": xp.zeros(n), "null_run": xp.zeros(n), "tp": xp.full(n, NAN),
+                "tp_out": xp.full(n, NAN)}
 
     @staticmethod
     def _flows(xp, tp, prev_tp, volume):
-        """(positive flow, negative flow, flow) of one bar, in TA-Lib's order."""
+        """(positive flow, negative flow, unchanged, tp * volume) of one bar, in TA-Lib's order:
+        the flow tp * volume counts as none where tp is unchanged (the change within 1e-14 of |tp|
+        + |previous tp|), as negative where tp fell."""
         d = tp - prev_tp
-        flow = xp.where(_is_zero_scaled(xp, d, xp.abs(tp) + xp.abs(prev_tp)), 0.0, tp * volume)
+        unchanged = _is_zero_scaled(xp, d, xp.abs(tp) + xp.abs(prev_tp))
+        flow = tp * volume
         falling = d < 0.0
-        return xp.where(falling, 0.0, flow), xp.where(falling, flow, 0.0), flow
+        return (xp.where(unchanged | falling, 0.0, flow), xp.where(falling & ~unchanged, flow, 0.0),
+                unchanged, flow)
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
         t = b.t
-        w = p + 2
-        hw, lw, cw = b.window("high", w), b.window("low", w), b.window("close", w)
-        # Typical prices of this bar, the previous one, the bar leaving the window and the one before.
-        tp = (hw[:, [-1, -2, 1, 0]] + lw[:, [-1, -2, 1, 0]] + cw[:, [-1, -2, 1, 0]]) / 3.0
-        pos_in, neg_in, flow = self._flows(xp, tp[:, 0], tp[:, 1], b.volume)
-        pos_out, neg_out, _ = self._flows(xp, tp[:, 2], tp[:, 3], b.window("volume", p + 1)[:, 0])
-        sliding = t > p
-        pos = xp.where(sliding, s["pos"] - pos_out, s["pos"]) + pos_in
-        neg = xp.where(sliding, s["neg"] - neg_out, s["neg"]) + neg_in
-        run = xp.where(flow == 0.0, s["null_run"] + 1, 0.0)
-        empty = run >= p
-        s["null_run"] = xp.where(empty, float(p), run)
-        live = t >= 1
-        s["pos"] = pos = xp.where(live, xp.where(empty, 0.0, pos), 0.0)
-        s["neg"] = neg = xp.where(live, xp.where(empty, 0.0, neg), 0.0)
+        hw, lw, cw = b.window("high", p + 1), b.window("low", p + 1), b.window("close", p + 1)
+        tp = (b.high + b.low + b.close) / 3.0
+        tp_out = (hw[:, 0] + lw[:, 0] + cw[:, 0]) / 3.0  # the bar leaving the window
+        # This bar against the previous one; the bar leaving the window against the one before.
+        pos_in, neg_in, unchanged, flow = self._flows(xp, tp, s["tp"], b.volume)
+        pos_out, neg_out, _, _ = self._flows(xp, tp_out, s["tp_out"], b.window("volume", p + 1)[:, 0])
+        s["tp"], s["tp_out"] = tp, tp_out
+        run = (s["null_run"] + 1.0) * (unchanged | (flow == 0.0))  # bars in a row without flow
+        s["null_run"] = xp.minimum(run, float(p))
+
+        def general(t, run, pos, neg, pos_in, neg_in, pos_out, neg_out):
+            sliding = t > p
+            pos = xp.where(sliding, pos - pos_out, pos) + pos_in
+            neg = xp.where(sliding, neg - neg_out, neg) + neg_in
+            # A run of timeperiod bars without flow empties the sums to exactly 0.
+            keep = (t >= 1) & (run < p)
+            return xp.where(keep, pos, 0.0), xp.where(keep, neg, 0.0)
+
+        # The general formula only for rows warming up or without flow for timeperiod bars.
+        pos, neg = s["pos"], s["neg"]
+        s["pos"], s["neg"] = pos, neg = _patch_rows(
+            xp, (t <= p) | (run >= p), general, (t, run, pos, neg, pos_in, neg_in, pos_out, neg_out),
+            lambda: ((pos - pos_out) + pos_in, (neg - neg_out) + neg_in))
         total = pos + neg
         pos_clamped = xp.minimum(xp.maximum(pos, 0.0), total)
         return (xp.where(total > 0.0, 100.0 * (pos_clamped / total), 0.0),)

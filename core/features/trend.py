@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from core.errors import ConfigError
 from core.features.kernel import Kernel
+from core.features.momentum import _across, _patch_rows, _ring, _ring_pos, _slot
 
 __all__ = ["SAR", "ADX", "ADXR", "DX", "PLUS_DI", "MINUS_DI", "PLUS_DM", "MINUS_DM", "AROON", "AROONOSC",
            "Ichimoku", "defaults"]
@@ -11,24 +14,9 @@ __all__ = ["SAR", "ADX", "ADXR", "DX", "PLUS_DI", "MINUS_DI", "PLUS_DM", "MINUS_
 NAN = float("nan")
 
 
-def _is_zero(xp, v):
-    """TA-Lib's TA_IS_ZERO for the bundled TA-Lib version (TA_EPSILON = 1e-14)."""
-    return (-1e-14 < v) & (v < 1e-14)
-
-
 # The bundled TA-Lib tests the smoothed true range of the DI/DX/ADX functions for an exact zero,
 # not with TA_IS_ZERO: a TR sum of 7e-323 still gives a DI (checked against ta-lib 0.8.2), while
 # the +DI + -DI sum is tested with TA_IS_ZERO.
-
-
-def _ring_swap(xp, buf, rows, slot, x):
-    """Writes ``x`` into the per-row ring ``buf`` (n, width) at ``slot`` (per row, e.g.
-    ``t % width``) and returns what that slot held: the value written ``width`` bars ago. Written in
-    place, so a bar costs O(n), not O(n * width) as a shifted window would. ``rows`` is
-    ``xp.arange(n)``."""
-    old = buf[rows, slot]
-    buf[rows, slot] = x
-    return old
 
 
 # ---------------------------------------------------------------------------------------- SAR
@@ -76,54 +64,73 @@ class SAR(Kernel):
         t = b.t
         high, low = b.high, b.low
         prev_high, prev_low = b.window("high", 2)[:, 0], b.window("low", 2)[:, 0]
-        # Bootstrap on a row's second bar; TA-Lib then uses that bar as its own previous bar.
-        first = t == 1
-        diff_p, diff_m = high - prev_high, prev_low - low
-        start_long = ~((diff_m > 0) & (diff_p < diff_m))
-        long = xp.where(first, start_long, s["long"])
-        sar = xp.where(first, xp.where(start_long, prev_low, prev_high), s["sar"])
-        ep = xp.where(first, xp.where(start_long, high, low), s["ep"])
-        af = xp.where(first, acc, s["af"])
-        prev_high = xp.where(first, high, prev_high)
-        prev_low = xp.where(first, low, prev_low)
-        # Work in the trade's own orientation: negating prices turns a short into a long (IEEE
-        # negation is exact, so the arithmetic equals TA-Lib's short branch bit for bit).
-        d = xp.where(long, 1.0, -1.0)
-        ph = xp.where(long, prev_high, -prev_low)
-        pl = xp.where(long, prev_low, -prev_high)
-        nh = xp.where(long, high, -low)
-        nl = xp.where(long, low, -high)
-        sar_o, ep_o = d * sar, d * ep
-        flip = nl <= sar_o
-        # Reversal: the SAR output is the EP, kept above both highs; the next one starts from it.
-        out_flip = xp.maximum(xp.maximum(ep_o, ph), nh)
-        next_flip = out_flip + acc * (nl - out_flip)
-        next_flip = xp.maximum(xp.maximum(next_flip, ph), nh)
-        # No reversal: a new extreme moves EP and raises AF; the SAR stays below both lows.
-        new_ext = nh > ep_o
-        ep_keep = xp.where(new_ext, nh, ep_o)
-        af_keep = xp.where(new_ext, xp.minimum(af + acc, top), af)
-        next_keep = sar_o + af_keep * (ep_keep - sar_o)
-        next_keep = xp.minimum(xp.minimum(next_keep, pl), nl)
-        live = t >= 1
-        out = d * xp.where(flip, out_flip, sar_o)
-        s["sar"] = xp.where(live, d * xp.where(flip, next_flip, next_keep), NAN)
-        s["ep"] = xp.where(live, d * xp.where(flip, nl, ep_keep), NAN)
-        s["af"] = xp.where(flip, acc, af_keep)
-        s["long"] = xp.where(live & flip, ~long, long)
+        state = (s["long"], s["sar"], s["ep"], s["af"])
+
+        def general(t, high, low, prev_high, prev_low, long, sar, ep, af):
+            # Bootstrap on a row's second bar; TA-Lib then uses that bar as its own previous bar.
+            first = t == 1
+            diff_p, diff_m = high - prev_high, prev_low - low
+            start_long = ~((diff_m > 0) & (diff_p < diff_m))
+            long = xp.where(first, start_long, long)
+            sar = xp.where(first, xp.where(start_long, prev_low, prev_high), sar)
+            ep = xp.where(first, xp.where(start_long, high, low), ep)
+            af = xp.where(first, acc, af)
+            prev_high = xp.where(first, high, prev_high)
+            prev_low = xp.where(first, low, prev_low)
+            out, sar, ep, af, flip = _sar_advance(xp, acc, top, long, sar, ep, af, high, low, prev_high, prev_low)
+            live = t >= 1
+            return (out, xp.where(live & flip, ~long, long), xp.where(live, sar, NAN), xp.where(live, ep, NAN),
+                    af)
+
+        def steady():  # from a row's third bar on
+            out, sar, ep, af, flip = _sar_advance(xp, acc, top, *state, high, low, prev_high, prev_low)
+            return out, state[0] ^ flip, sar, ep, af
+
+        out, s["long"], s["sar"], s["ep"], s["af"] = _patch_rows(
+            xp, t <= 1, general, (t, high, low, prev_high, prev_low, *state), steady)
         return (out,)
+
+
+def _sar_advance(xp, acc: float, top: float, long, sar, ep, af, high, low, prev_high, prev_low):
+    """One bar of the parabolic SAR in its trade (``long``, ``sar``, ``ep``, ``af``): returns (this
+    bar's SAR, next SAR, next EP, next AF, reversed)."""
+    # Work in the trade's own orientation: negating prices turns a short into a long (IEEE
+    # negation is exact, so the arithmetic equals TA-Lib's short branch bit for bit).
+    d = xp.where(long, 1.0, -1.0)
+    ph = xp.where(long, prev_high, -prev_low)
+    pl = xp.where(long, prev_low, -prev_high)
+    nh = xp.where(long, high, -low)
+    nl = xp.where(long, low, -high)
+    sar_o, ep_o = d * sar, d * ep
+    flip = nl <= sar_o
+    # Reversal: the SAR output is the EP, kept above both highs; the next one starts from it.
+    out_flip = xp.maximum(xp.maximum(ep_o, ph), nh)
+    next_flip = out_flip + acc * (nl - out_flip)
+    next_flip = xp.maximum(xp.maximum(next_flip, ph), nh)
+    # No reversal: a new extreme moves EP and raises AF; the SAR stays below both lows.
+    new_ext = nh > ep_o
+    ep_keep = xp.where(new_ext, nh, ep_o)
+    af_keep = xp.where(new_ext, xp.minimum(af + acc, top), af)
+    next_keep = sar_o + af_keep * (ep_keep - sar_o)
+    next_keep = xp.minimum(xp.minimum(next_keep, pl), nl)
+    return (d * xp.where(flip, out_flip, sar_o), d * xp.where(flip, next_flip, next_keep),
+            d * xp.where(flip, nl, ep_keep), xp.where(flip, acc, af_keep), flip)
 
 
 # ------------------------------------------------------------------------ directional movement
 
 
-def _dm1(xp, b):
-    """One-bar +DM and -DM (TA-Lib's cases: the larger move wins, a tie gives neither)."""
+def _dm1(xp, b, sums):
+    """One-bar +DM (``"pdm"`` in ``sums``) and -DM (``"mdm"``), by key (TA-Lib's cases: the larger
+    move wins, a tie gives neither; no move on a row's first bar)."""
     diff_p = b.high - b.window("high", 2)[:, 0]
     diff_m = b.window("low", 2)[:, 0] - b.low
-    plus = xp.where((diff_p > 0) & (diff_p > diff_m), diff_p, 0.0)
-    minus = xp.where((diff_m > 0) & (diff_p < diff_m), diff_m, 0.0)
-    return plus, minus
+    out = {}
+    if "pdm" in sums:
+        out["pdm"] = xp.where((diff_p > 0) & (diff_p > diff_m), diff_p, 0.0)
+    if "mdm" in sums:
+        out["mdm"] = xp.where((diff_m > 0) & (diff_p < diff_m), diff_m, 0.0)
+    return out
 
 
 def _tr1(xp, b):
@@ -132,52 +139,65 @@ def _tr1(xp, b):
     return xp.maximum(xp.maximum(b.high - b.low, xp.abs(b.high - prev_close)), xp.abs(b.low - prev_close))
 
 
-def _wilder_sum(xp, acc, x, t, p: int):
-    """TA-Lib's Wilder running sum: plain sum of the values of bars 1..p-1, then
-    ``acc - acc / p + x`` (bar 0 has no value)."""
-    return xp.where(t >= p, acc - acc / p + x, xp.where(t >= 1, acc + x, acc))
-
-
 class _Directional(Kernel):
-    """Shared state of the directional-movement kernels: Wilder sums of +DM, -DM and TR."""
+    """Shared state of the directional-movement kernels: Wilder sums of +DM, -DM and TR, those
+    of ``_sums`` (each kernel keeps the ones it reads)."""
 
     family = "trend"
     inputs = ("high", "low", "close")
     talib_inputs = ("high", "low", "close")
-    _need_tr = True
+    _sums: ClassVar[tuple[str, ...]] = ("pdm", "mdm", "tr")
 
     def __init__(self, timeperiod: int = 14) -> None:
         # TA-Lib's one-bar DI drops the factor 100 and tests TR with TA_IS_ZERO; not mirrored.
-        if timeperiod < (2 if self._need_tr else 1):
-            raise ConfigError(f"{self.fn} needs timeperiod >= {2 if self._need_tr else 1}, got {timeperiod}")
+        least = 2 if "tr" in self._sums else 1
+        if timeperiod < least:
+            raise ConfigError(f"{self.fn} needs timeperiod >= {least}, got {timeperiod}")
         super().__init__(timeperiod=timeperiod)
 
     def windows(self):
         w = {"high": 2, "low": 2}
-        if self._need_tr:
+        if "tr" in self._sums:
             w["close"] = 2
         return w
 
     def init(self, xp, n):
-        return {"pdm": xp.zeros(n), "mdm": xp.zeros(n), "tr": xp.zeros(n)}
+        return {key: xp.zeros(n) for key in self._sums}
 
     def _advance(self, xp, s, b):
-        """Advances the sums by one bar; returns (+DM_p, -DM_p, TR_p)."""
+        """Advances the sums by one bar; returns them by key (``pdm``: +DM_p, ``mdm``: -DM_p,
+        ``tr``: TR_p).
+
+        TA-Lib's Wilder running sums: the plain sum of the values of bars 1..p-1 (bar 0 has
+        none), then ``acc - acc / p + x``; the plain sums only for rows still warming up.
+        """
         p, t = self.params["timeperiod"], b.t
-        plus, minus = _dm1(xp, b)
-        s["pdm"] = _wilder_sum(xp, s["pdm"], plus, t, p)
-        s["mdm"] = _wilder_sum(xp, s["mdm"], minus, t, p)
-        if self._need_tr:
-            s["tr"] = _wilder_sum(xp, s["tr"], _tr1(xp, b), t, p)
-        return s["pdm"], s["mdm"], s["tr"]
+        xs = _dm1(xp, b, self._sums)
+        if "tr" in self._sums:
+            xs["tr"] = _tr1(xp, b)
+        xs = [xs[key] for key in self._sums]
+        accs = [s[key] for key in self._sums]
+
+        def general(t, *args):
+            n = len(args) // 2
+            return [xp.where(t >= p, acc - acc / p + x, xp.where(t >= 1, acc + x, acc))
+                    for acc, x in zip(args[:n], args[n:])]
+
+        sums = _patch_rows(xp, t < p, general, (t, *accs, *xs),
+                           lambda: [acc - acc / p + x for acc, x in zip(accs, xs)])
+        for key, v in zip(self._sums, sums):
+            s[key] = v
+        return s
 
     def _dx(self, xp, s, b):
         """(DX, valid): valid where TA-Lib computes a DX (TR and +DI + -DI not zero)."""
-        pdm, mdm, tr = self._advance(xp, s, b)
+        sums = self._advance(xp, s, b)
+        pdm, mdm, tr = sums["pdm"], sums["mdm"], sums["tr"]
         minus_di = 100.0 * (mdm / tr)
         plus_di = 100.0 * (pdm / tr)
         total = minus_di + plus_di
-        valid = (tr != 0) & ~_is_zero(xp, total)
+        # Both DIs are >= 0 (NaN only where TR is 0), so TA_IS_ZERO(total) is total < 1e-14.
+        valid = (tr != 0) & (total >= 1e-14)
         return 100.0 * (xp.abs(minus_di - plus_di) / total), valid
 
 
@@ -195,7 +215,7 @@ class PLUS_DM(_Directional):
 
     fn, talib, talib_inputs = "plus_dm", "PLUS_DM", ("high", "low")
     inputs = ("high", "low")
-    _need_tr = False
+    _sums = ("pdm",)
 
     @property
     def lookback(self) -> int:
@@ -203,7 +223,7 @@ class PLUS_DM(_Directional):
         return max(self.params["timeperiod"] - 1, 1)
 
     def step(self, xp, s, b):
-        return (self._advance(xp, s, b)[0],)
+        return (self._advance(xp, s, b)["pdm"],)
 
 
 class MINUS_DM(PLUS_DM):
@@ -219,9 +239,10 @@ class MINUS_DM(PLUS_DM):
     """
 
     fn, talib = "minus_dm", "MINUS_DM"
+    _sums = ("mdm",)
 
     def step(self, xp, s, b):
-        return (self._advance(xp, s, b)[1],)
+        return (self._advance(xp, s, b)["mdm"],)
 
 
 class PLUS_DI(_Directional):
@@ -237,14 +258,16 @@ class PLUS_DI(_Directional):
     """
 
     fn, talib = "plus_di", "PLUS_DI"
+    _sums = ("pdm", "tr")
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
     def step(self, xp, s, b):
-        pdm, _, tr = self._advance(xp, s, b)
-        return (xp.where(tr == 0, 0.0, 100.0 * (pdm / tr)),)
+        sums = self._advance(xp, s, b)
+        dm, tr = sums[self._sums[0]], sums["tr"]
+        return (xp.where(tr == 0, 0.0, 100.0 * (dm / tr)),)
 
 
 class MINUS_DI(PLUS_DI):
@@ -260,10 +283,7 @@ class MINUS_DI(PLUS_DI):
     """
 
     fn, talib = "minus_di", "MINUS_DI"
-
-    def step(self, xp, s, b):
-        _, mdm, tr = self._advance(xp, s, b)
-        return (xp.where(tr == 0, 0.0, 100.0 * (mdm / tr)),)
+    _sums = ("mdm", "tr")
 
 
 class DX(_Directional):
@@ -318,13 +338,18 @@ class ADX(_Directional):
     def _adx(self, xp, s, b):
         p, t = self.params["timeperiod"], b.t
         dx, valid = self._dx(xp, s, b)
-        dx0 = xp.where(valid, dx, 0.0)
-        # Bars p..2p-1 accumulate the DX sum in "adx"; bar 2p-1 divides it; Wilder from then on.
-        seed = s["adx"] + dx0
-        wilder = xp.where(valid, (s["adx"] * (p - 1) + dx) / p, s["adx"])
-        adx = xp.where(t < p, s["adx"], xp.where(t < 2 * p - 1, seed,
-                                                  xp.where(t == 2 * p - 1, seed / p, wilder)))
-        s["adx"] = adx
+        prev = s["adx"]
+
+        def general(t, prev, dx, valid):
+            # Bars p..2p-1 accumulate the DX sum in "adx" (bars before p add 0 to its initial 0,
+            # an undefined DX adds 0: later, it leaves ADX unchanged); bar 2p-1 divides it;
+            # Wilder from then on.
+            seed = prev + xp.where(valid & (t >= p), dx, 0.0)
+            return xp.where(valid & (t >= 2 * p), (prev * (p - 1) + dx) / p,
+                            xp.where(t == 2 * p - 1, seed / p, seed)),
+
+        s["adx"], = adx, = _patch_rows(xp, t < 2 * p, general, (t, prev, dx, valid),
+                                       lambda: (xp.where(valid, (prev * (p - 1) + dx) / p, prev),))
         return adx
 
     def step(self, xp, s, b):
@@ -352,20 +377,35 @@ class ADXR(ADX):
 
     def step(self, xp, s, b):
         adx = self._adx(xp, s, b)
-        lag = s["lag"]
-        old = _ring_swap(xp, lag, xp.arange(b.n), b.t % lag.shape[1], adx)
+        # The ADX of timeperiod-1 bars ago is in the slot this one overwrites.
+        ring, lag = _ring(xp, s, "lag")
+        pos = _ring_pos(xp, ring, b.t)
+        old = lag[pos]
+        lag[pos] = adx
         return ((adx + old) / 2.0,)
 
 
 # ------------------------------------------------------------------------------------ Aroon
 
 
-def _bars_since_extremes(xp, b, p: int):
-    """Bars since the highest high and since the lowest low of the last p+1 bars; on ties the
-    latest bar wins, as in TA-Lib's scan (>= / <=)."""
-    hi = b.window("high", p + 1)[:, ::-1]
-    lo = b.window("low", p + 1)[:, ::-1]
-    return xp.argmax(hi, axis=1), xp.argmin(lo, axis=1)
+def _latest_extreme(xp, ext, age, x, win, p: int, highest: bool):
+    """Advances the running extreme ``ext`` (highest when ``highest``, else lowest) of the last
+    p+1 bars and ``age``, the bars since it, by this bar's ``x``, as TA-Lib's AROON keeps them: a
+    value equal to the extreme replaces it (the latest occurrence counts), and an extreme that has
+    left the window (age > p) is searched again in ``win`` (n, p+1), latest first, for those rows
+    only (about one row in seven a bar on a random walk at p = 14). Returns the new (ext, age).
+
+    ``ext`` only meets comparisons, where a maximum's choice between 0.0 and -0.0 cannot matter."""
+    take = (x >= ext) if highest else (x <= ext)
+    ext = xp.maximum(x, ext) if highest else xp.minimum(x, ext)
+    age = (age + 1) * ~take
+    find = xp.argmax if highest else xp.argmin
+
+    def rescan(w):  # w: the window newest first, so the first extreme found is the latest
+        i = find(w, axis=1)
+        return w.reshape(-1)[xp.arange(w.shape[0]) * (p + 1) + i], i
+
+    return _patch_rows(xp, age > p, rescan, (win[:, ::-1],), lambda: (ext, age))
 
 
 class AROON(Kernel):
@@ -395,10 +435,23 @@ class AROON(Kernel):
         p = self.params["timeperiod"]
         return {"high": p + 1, "low": p + 1}
 
+    def init(self, xp, n):
+        # The highest high and lowest low of the window and the bars since each: an argmax over
+        # the window every bar costs several times more than keeping them (TA-Lib keeps them too).
+        return {"hh": xp.full(n, -float("inf")), "hh_age": xp.zeros(n, dtype=xp.int64),
+                "ll": xp.full(n, float("inf")), "ll_age": xp.zeros(n, dtype=xp.int64)}
+
+    def _bars_since(self, xp, s, b):
+        """(bars since the highest high, bars since the lowest low) of the last timeperiod+1 bars."""
+        p = self.params["timeperiod"]
+        s["hh"], s["hh_age"] = _latest_extreme(xp, s["hh"], s["hh_age"], b.high, b.window("high", p + 1), p, True)
+        s["ll"], s["ll_age"] = _latest_extreme(xp, s["ll"], s["ll_age"], b.low, b.window("low", p + 1), p, False)
+        return s["hh_age"], s["ll_age"]
+
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
         factor = 100.0 / p
-        since_high, since_low = _bars_since_extremes(xp, b, p)
+        since_high, since_low = self._bars_since(xp, s, b)
         return factor * (p - since_low), factor * (p - since_high)
 
 
@@ -418,7 +471,7 @@ class AROONOSC(AROON):
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        since_high, since_low = _bars_since_extremes(xp, b, p)
+        since_high, since_low = self._bars_since(xp, s, b)
         return ((100.0 / p) * (since_low - since_high),)
 
 
@@ -465,32 +518,38 @@ class Ichimoku(Kernel):
 
     def init(self, xp, n):
         k = self.params["kijun"]
-        # Rings: (tenkan + kijun) / 2 of the last kijun bars, kijun-bar extremes of the last 2*kijun.
-        return {"a": xp.full((n, k), NAN), "hh": xp.full((n, 2 * k), NAN), "ll": xp.full((n, 2 * k), NAN)}
+        # The last kijun bars, bar t in slot t mod kijun, 4 values a slot (sharing a cache line):
+        # the kijun-bar highest high and lowest low, (tenkan + kijun) / 2 and the senkou-bar
+        # midpoint, each read back kijun bars later. NaN until written, so that what is read from
+        # before a row's first values is NaN (senkou_a and senkou_b need no warm-up mask).
+        return {"ring": xp.full((n, k, 4), NAN)}
 
     def step(self, xp, s, b):
         tk, k = self.params["tenkan"], self.params["kijun"]
-        t = b.t
-        high_w, low_w = b.window("high", k), b.window("low", k)
-        tenkan = (high_w[:, -tk:].max(axis=1) + low_w[:, -tk:].min(axis=1)) / 2
-        hh, ll = high_w.max(axis=1), low_w.min(axis=1)
+        high_w, low_w = _across(xp, b.window("high", k)), _across(xp, b.window("low", k))
+        # The kijun-bar extremes from the tenkan-bar ones and those of the bars before them. A
+        # window reaching before a row's first bar holds NaN, which max/min propagate: each line
+        # is NaN until its window is full without a mask.
+        th, tl = high_w[k - tk:].max(axis=0), low_w[k - tk:].min(axis=0)
+        tenkan = (th + tl) / 2
+        if tk < k:
+            hh = xp.maximum(th, high_w[:k - tk].max(axis=0))
+            ll = xp.minimum(tl, low_w[:k - tk].min(axis=0))
+        else:
+            hh, ll = th, tl
         kijun = (hh + ll) / 2
-        rows = xp.arange(b.n)
-        senkou_a = _ring_swap(xp, s["a"], rows, t % k, (tenkan + kijun) / 2)
-        # The senkou-bar window that ended kijun bars ago is the kijun-bar windows ending kijun and
-        # 2*kijun bars ago.
-        slot = t % (2 * k)
-        mid = (t + k) % (2 * k)
-        hh_k, ll_k = s["hh"][rows, mid], s["ll"][rows, mid]
-        hh_2k = _ring_swap(xp, s["hh"], rows, slot, hh)
-        ll_2k = _ring_swap(xp, s["ll"], rows, slot, ll)
-        senkou_b = (xp.maximum(hh_k, hh_2k) + xp.minimum(ll_k, ll_2k)) / 2
+        # This bar's slot holds the values of kijun bars ago; the senkou-bar window ending now is
+        # the kijun-bar windows ending now and kijun bars ago.
+        _, flat = _ring(xp, s, "ring")
+        pos = xp.arange(b.n) * k + _slot(xp, b.t, k)  # this bar's slot, in (n * kijun, 4) rows
+        old = xp.take(flat.reshape(-1, 4), pos, axis=0)  # (n, 4), written kijun bars ago
+        senkou_a, senkou_b = old[:, 2], old[:, 3]
+        new = (hh, ll, (tenkan + kijun) / 2, (xp.maximum(hh, old[:, 0]) + xp.minimum(ll, old[:, 1])) / 2)
+        pos *= 4
+        for j, v in enumerate(new):
+            flat[pos + j] = v
         chikou = b.close - b.window("close", k + 1)[:, 0]
-        return (tenkan,
-                xp.where(t >= k - 1, kijun, NAN),
-                xp.where(t >= 2 * k - 1, senkou_a, NAN),
-                xp.where(t >= 3 * k - 1, senkou_b, NAN),
-                xp.where(t >= k, chikou, NAN))
+        return tenkan, kijun, senkou_a, senkou_b, chikou
 
 
 def defaults() -> list[Kernel]:

@@ -270,61 +270,73 @@ class VolumeProfile(Kernel):
     def lookback(self) -> int:
         return self.params["timeperiod"] - 1
 
-    def init(self, xp, n):
-        # Rings written in place at slot t % timeperiod: O(n) a bar instead of shifting (n, 50)
-        # windows. Bar order inside a ring does not matter to a max, a min or a histogram.
+    def windows(self):
         p = self.params["timeperiod"]
-        return {"vp_high": xp.full((n, p), NAN), "vp_low": xp.full((n, p), NAN),
-                "vp_typical": xp.full((n, p), NAN), "vp_volume": xp.zeros((n, p))}
+        return {"high": p, "low": p, "close": p, "volume": p}
 
     def step(self, xp, s, b):
         p, nb = self.params["timeperiod"], _VP_BINS
         n = b.n
-        rows = xp.arange(n, dtype=xp.int64)
-        slot = b.t % p
-        for key, x in (("vp_high", b.high), ("vp_low", b.low), ("vp_typical", _typical(b)),
-                       ("vp_volume", b.volume)):
-            s[key][rows, slot] = x
-        hi, lo = s["vp_high"].max(axis=1), s["vp_low"].min(axis=1)
+        # The shared histories, time-major (p, n): the window's max and min reduce along the outer
+        # axis, per-row values broadcast along contiguous rows, and the ravels below are free.
+        high, low, close, vol = (b.window(f, p).T for f in ("high", "low", "close", "volume"))
+        hi, lo = high.max(axis=0), low.min(axis=0)
         width = hi - lo
         scale = xp.where(width > 0.0, nb / width, 0.0)
-        # A slot not yet written holds NaN, which casts to garbage; the clip keeps the index in
-        # range, its volume is 0, and the row's output is masked until the ring is full anyway.
-        k = s["vp_typical"] - lo[:, None]
-        k *= scale[:, None]
-        k = k.astype(xp.int64)
+        x = high + low
+        x += close
+        x /= 3.0  # the typical price, rounded as _typical rounds it
+        x -= lo
+        x *= scale
+        # Clipped before the cast (the truncation of the clipped value is the clipped floor), so
+        # that a close far outside its bar's range cannot overflow the cast. NaN, a slot before a
+        # row's first bar, casts to garbage, which the integer clip keeps in range (that row's
+        # output is masked until its window is full anyway).
+        xp.clip(x, 0.0, nb - 1.0, out=x)
+        # int32 while the index is built (half the bytes moved; (nb + 2) * n < 2**31 for up to 82M
+        # rows), int64 for bincount.
+        k = x.astype(xp.int32)
+        del x
         xp.clip(k, 0, nb - 1, out=k)
-        # One bincount over row * (nb + 2) + 1 + bin: each row's histogram with an empty column
-        # on either side, set to -1 once the total and the argmax are taken, so that the value
-        # area stops at the range's edges (a real bin is never below 0).
-        stride = nb + 2
-        first = rows * stride + 1
-        k += first[:, None]
-        padded = xp.bincount(k.ravel(), weights=s["vp_volume"].ravel(), minlength=n * stride)
-        padded = padded.reshape(n, stride)
-        total = padded.sum(axis=1)
-        # the first max is a real bin, unless all are 0 (no profile: the output is NaN)
-        at = first + xp.maximum(xp.argmax(padded, axis=1), 1) - 1
-        poc = at - first
-        padded[:, 0] = -1.0
-        padded[:, -1] = -1.0
-        flat = padded.ravel()
-        cum = flat[at]
-        target = _VP_AREA * total
-        above, below = at + 1, at - 1
-        # At most nb - 1 growth steps, each vectorized across rows: a choice depends on the
-        # previous one, and 23 steps over (n,) arrays cost less than an (n, 24, 24) comparison.
-        # A row that is done stops moving but keeps adding to cum, which only stays >= target;
-        # -1 is never added before every bin is in.
-        for _ in range(nb - 1):
-            hu, hd = flat[above], flat[below]
-            active = cum < target
-            dn = active & (hu < hd)
-            above += active ^ dn
-            below -= dn
-            cum += xp.maximum(hu, hd)
+        # One bincount over (bin + 1) * n + row: the histogram bin-major, (nb + 2, n), each bin a
+        # contiguous row across symbols, summed in time order; the empty bin on either side is set
+        # to -1, where the value area stops (a real bin is never below 0).
+        k *= n
+        k += xp.arange(n, n + n, dtype=xp.int32)
+        hist = xp.bincount(k.ravel().astype(xp.int64), weights=vol.ravel(), minlength=(nb + 2) * n)
+        del k
+        hist = hist.reshape(nb + 2, n)
+        hist[0] = -1.0
+        hist[nb + 1] = -1.0
+        bins = hist[1:nb + 1]
+        peak = bins.max(axis=0)
+        # poc = the lowest bin holding the maximum: nb - max over bins of (bin == max) * (nb - bin),
+        # on uint8. A row with NaN in its window (still warming up) matches nothing: clamped.
+        poc = nb - ((bins == peak) * xp.arange(nb, 0, -1, dtype=xp.uint8)[:, None]).max(axis=0)
+        poc = xp.minimum(poc.astype(xp.int64), nb - 1)
+        # The growth is a walk of two pointers into the flat histogram, one bin per step,
+        # vectorized across rows (each choice depends on the previous one). Every row walks all
+        # nb - 1 steps, which take every bin once (a real bin always beats the -1 past an edge),
+        # recording the volume held after each step, summed in the order taken as the definition
+        # reads (after the last step: the window's volume), and the pointer above the area; the
+        # first step that holds 70% is looked up afterwards. After i steps the pointers are
+        # i + 2 bins apart, so only the one above is kept.
+        rows = xp.arange(n, dtype=xp.int64)
+        flat = hist.ravel()
+        held = xp.empty((nb, n))
+        held[0] = peak
+        above = xp.empty((nb, n), dtype=xp.int64)
+        xp.add(rows, (poc + 2) * n, out=above[0])
+        for i in range(1, nb):
+            hu = xp.take(flat, above[i - 1])
+            hd = xp.take(flat, above[i - 1] - (i + 1) * n)
+            xp.add(held[i - 1], xp.maximum(hu, hd), out=held[i])
+            xp.add(above[i - 1], (hu >= hd) * n, out=above[i])
+        total = held[nb - 1]
+        steps = (held < _VP_AREA * total).view(xp.uint8).sum(axis=0, dtype=xp.uint8).astype(xp.int64)
+        top = xp.take(above.ravel(), steps * n + rows) // n - 2
+        bottom = top - steps
         w = width / nb
-        top, bottom = poc + (above - at - 1), poc - (at - 1 - below)
         some = total > 0.0
         return (xp.where(some, lo + (poc + 0.5) * w, NAN), xp.where(some, lo + (top + 1) * w, NAN),
                 xp.where(some, lo + bottom * w, NAN))
@@ -385,8 +397,10 @@ class ImbalanceRolling(Kernel):
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        buy = b.window("buy_volume", p).sum(axis=1)
-        sell = b.window("sell_volume", p).sum(axis=1)
+        # cumsum adds left to right whatever the memory layout and row count; sum() would add
+        # pairwise for one row and sequentially for many, and Indicator must equal the engine
+        buy = xp.cumsum(b.window("buy_volume", p), axis=1)[:, -1]
+        sell = xp.cumsum(b.window("sell_volume", p), axis=1)[:, -1]
         return (xp.where((buy == 0.0) & (sell == 0.0), 0.0, (buy - sell) / (buy + sell)),)
 
 
