@@ -168,3 +168,12 @@ def test_snapshot_restores_exactly_and_new_rows_do_not_disturb(eurusd, goog):
         FeatureEngine(KERNELS[:3]).restore(data)
     with pytest.raises(SchemaError, match="lack"):
         engine.step({"close": np.ones(2)})
+
+
+def test_features_doc_is_generated_from_the_current_kernels():
+    from pathlib import Path
+
+    from core.features.docs import render
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "FEATURES.md"
+    assert doc.read_text() == render(), "docs/FEATURES.md is stale: python -m core.features.docs > docs/FEATURES.md"
