@@ -51,7 +51,7 @@ INF = float("inf")
 
 def _host(xp) -> bool:
     """True for NumPy: the arrays are on the host, so checking a mask once (``mask.any()``,
-    ``t.min()``) costs one cheap pass and no transfer, and lets a step skip selects that would
+    ``c.min()``) costs one cheap pass and no transfer, and lets a step skip selects that would
     change nothing. On a GPU that check would be a device-to-host sync, so every select is done."""
     return xp.__name__ == "numpy"
 
@@ -566,7 +566,7 @@ class RetPctRank(_Returns):
         s["ring"], s["slot"] = ring_t.T, _next_slot(xp, slot, p)
         # the count as a sum of bytes over the slots: no conversion of the (p, n) comparisons
         below = xp.less_equal(ring_t, r).view(xp.uint8).sum(axis=0, dtype=xp.uint8 if p < 256 else xp.int64)
-        return (below.astype(xp.float64) / float(p),)
+        return (xp.divide(below, float(p), dtype=xp.float64),)
 
 
 # ---------------------------------------------------------------------------- log returns
