@@ -7,12 +7,26 @@ other rows untouched. ``t`` counts the values this primitive has been fed before
 
 from __future__ import annotations
 
+from numbers import Integral
 from types import ModuleType
 from typing import Any
 
-__all__ = ["shift", "window_init", "ema_init", "ema", "sma_init", "sma"]
+from core.errors import ConfigError
+
+__all__ = ["check_periods", "shift", "window_init", "ema_init", "ema", "sma_init", "sma"]
 
 NAN = float("nan")
+
+
+def check_periods(fn: str, least: int, **periods: int) -> None:
+    """TA-Lib's range for period parameters: ``least`` to 100000.
+
+    Raises:
+        ConfigError: a period is not an integer in range.
+    """
+    for name, value in periods.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or not least <= value <= 100_000:
+            raise ConfigError(f"{fn} {name}={value!r}: must be an integer from {least} to 100000")
 
 
 def window_init(xp: ModuleType, n: int, width: int):

@@ -11,10 +11,10 @@ Every kernel here repeats the bundled TA-Lib's arithmetic in its order, zero tes
 
 from __future__ import annotations
 
-from numbers import Integral
 
 from core.errors import ConfigError
 from core.features import _prim
+from core.features._prim import check_periods as _check_periods
 from core.features.kernel import Kernel
 
 __all__ = [
@@ -58,13 +58,6 @@ def _check_matype(fn: str, name: str, matype: int) -> None:
     if matype not in _MA_TYPES:
         raise ConfigError(f"{fn} {name}={matype!r}: supported MA types are {sorted(_MA_TYPES)} "
                           f"({', '.join(_MA_TYPES.values())})")
-
-
-def _check_periods(fn: str, least: int, **periods: int) -> None:
-    """TA-Lib's range for period parameters: ``least`` to 100000."""
-    for name, value in periods.items():
-        if isinstance(value, bool) or not isinstance(value, Integral) or not least <= value <= 100_000:
-            raise ConfigError(f"{fn} {name}={value!r}: must be an integer from {least} to 100000")
 
 
 # ---------------------------------------------------------------------------- window primitives

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.errors import ConfigError
+from core.features._prim import check_periods as _check_periods
 from core.features.kernel import Kernel
 
 __all__ = [
@@ -13,13 +14,6 @@ __all__ = [
 
 NAN = float("nan")
 _PI = 3.141592653589793  # the literal TA-Lib's LINEARREG_ANGLE divides by
-
-
-def _check_periods(fn: str, least: int, **periods: int) -> None:
-    """TA-Lib's range for period parameters: ``least`` to 100000."""
-    for name, value in periods.items():
-        if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= 100_000:
-            raise ConfigError(f"{fn} {name}={value!r}: must be an integer from {least} to 100000")
 
 
 def _ema_init(xp, n, prefix: str = "") -> dict:
