@@ -7,8 +7,25 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from core import streams
+from core.errors import TickmeshError
 
-__all__ = ["rebind"]
+__all__ = ["WorkerGapError", "next_delivery", "rebind"]
+
+
+class WorkerGapError(TickmeshError):
+    """A worker saw a delivery sequence jump: it restarts from its snapshot instead of losing input."""
+
+
+def next_delivery(prev: int, meta) -> int:
+    """The consumer sequence of the message with metadata ``meta``, which must follow ``prev``.
+
+    Raises:
+        WorkerGapError: a delivery was skipped (the worker must resume from its snapshot).
+    """
+    got = meta.sequence.consumer
+    if got != prev + 1:
+        raise WorkerGapError(f"delivery {got} after {prev}: a message was not seen")
+    return got
 
 
 async def rebind(js: JetStreamContext, name: str, start_seq: int, kind: str | None = None):

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from core import streams, subjects
-from core._consumer import rebind
+from core._consumer import WorkerGapError, next_delivery, rebind
 from core._jspublish import AckedPublisher
 from core._service import nats_url, serve
 from core.bars import BarBuilder
@@ -54,10 +54,6 @@ def _end_then_longer(bar) -> tuple[int, int]:
 class _Snapshot(msgspec.Struct, array_like=True):
     last_seq: int
     builder: bytes
-
-
-class WorkerGapError(TickmeshError):
-    """The worker saw a delivery sequence jump: it restarts from its snapshot instead of losing trades."""
 
 
 class WorkerStats(msgspec.Struct):
@@ -150,10 +146,7 @@ class BarWorker:
         """Handles one fetched chunk: bars out, acks in, snapshot in between."""
         for msg in msgs:
             meta = msg.metadata
-            if meta.sequence.consumer != self._consumer_seq + 1:
-                raise WorkerGapError(f"delivery {meta.sequence.consumer} after {self._consumer_seq}: a message "
-                                     "was not seen")
-            self._consumer_seq = meta.sequence.consumer
+            self._consumer_seq = next_delivery(self._consumer_seq, meta)
             seq = meta.sequence.stream
             if seq <= self.stats.last_seq:
                 continue  # redelivered and already in the snapshot

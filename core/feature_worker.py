@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from core import streams, subjects
-from core._consumer import rebind
+from core._consumer import next_delivery, rebind
 from core._jspublish import AckedPublisher
 from core._service import nats_url, serve
 from core.config import Config, FeaturesConfig
@@ -53,10 +53,6 @@ _SCHEMA = str(SCHEMA_VERSION)
 class _Snapshot(msgspec.Struct, array_like=True):
     last_seq: int
     book: bytes
-
-
-class FeatureGapError(TickmeshError):
-    """A delivery sequence jumped: the worker restarts from its snapshot instead of skipping bars."""
 
 
 class FeatureStats(msgspec.Struct):
@@ -184,10 +180,7 @@ class FeatureWorker:
         parents: list[str | None] = []
         for msg in msgs:
             meta = msg.metadata
-            if meta.sequence.consumer != self._consumer_seq + 1:
-                raise FeatureGapError(f"delivery {meta.sequence.consumer} after {self._consumer_seq}: a message "
-                                      "was not seen")
-            self._consumer_seq = meta.sequence.consumer
+            self._consumer_seq = next_delivery(self._consumer_seq, meta)
             if meta.sequence.stream <= self.stats.last_seq:
                 continue  # redelivered and already in the state
             self.stats.last_seq = meta.sequence.stream
