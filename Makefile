@@ -6,9 +6,14 @@ STAMP := $(VENV)/.installed
 WEB := api/web
 CHART := $(WEB)/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js
 
-.PHONY: up test bench setup browser clean
+.PHONY: up test bench setup browser triton-runtime clean
 
-setup: $(STAMP) $(CHART)
+setup: $(STAMP) $(CHART) triton-runtime
+
+# The venv tritonserver runs the models in (NumPy < 2, see triton_models/requirements.txt);
+# `tickmesh triton prepare` rebuilds it only when the requirements changed.
+triton-runtime: $(STAMP)
+	@$(BIN)/tickmesh triton prepare
 
 # Browser tests drive Debian's chromium headless; install it once when missing (needs root).
 browser:
@@ -40,4 +45,4 @@ bench: setup
 	$(BIN)/python bench/pipeline.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(WEB)/node_modules .tickmesh
+	rm -rf $(VENV) .venv-triton $(WEB)/node_modules .tickmesh

@@ -25,6 +25,7 @@ __all__ = [
     "EdgeConfig",
     "SimConfig",
     "WorkerConfig",
+    "TritonConfig",
     "StoreConfig",
     "ApiConfig",
     "Config",
@@ -113,6 +114,27 @@ class FeaturesConfig(_Section):
     snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
+class TritonConfig(_Section):
+    """The Triton Inference Server.
+
+    Empty ``url`` means the embedded tritonserver that `tickmesh up` starts (``tickmesh triton``);
+    ``"host:port"`` is the gRPC endpoint of a server already running (e.g. the NGC container).
+    Empty ``repo`` is this checkout's ``triton_models/``; empty ``runtime_venv`` is
+    ``.venv-triton`` beside it. ``instance_kind = "gpu"`` loads every model with KIND_GPU instances
+    (the repository stays as it is).
+    """
+
+    url: str = ""
+    repo: str = ""
+    runtime_venv: str = ""
+    host: str = "127.0.0.1"
+    grpc_port: Port = 8001
+    http_port: Port = 8003
+    metrics_port: Port = 8002
+    instance_kind: Literal["cpu", "gpu"] = "cpu"
+    ready_timeout_s: Positive = 180.0
+
+
 class StoreConfig(_Section):
     """ClickHouse. Empty ``dsn`` means embedded chDB under ``<data_dir>/clickhouse``."""
 
@@ -137,6 +159,7 @@ class Config(_Section):
     sim: SimConfig = SimConfig()
     worker: WorkerConfig = WorkerConfig()
     features: FeaturesConfig = FeaturesConfig()
+    triton: TritonConfig = TritonConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
 

@@ -61,3 +61,15 @@ class StoreError(TickmeshError):
 
 class DataFileError(TickmeshError):
     """An input data file is missing or not in the expected layout."""
+
+
+class ModelError(TickmeshError):
+    """A model cannot be trained, saved or loaded (bad data, missing weights, unknown name)."""
+
+
+class TritonServerError(TickmeshError):
+    """The embedded tritonserver could not be prepared, started or did not become ready."""
+
+
+class InferenceError(TickmeshError):
+    """An inference request failed: server unreachable, deadline passed, or the model refused the input."""

@@ -34,3 +34,31 @@ async def nc(nats_server):
     conn = await nats.connect(nats_server.url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="session")
+def triton_runtime():
+    """The model-runtime venv (built by `make setup`; built here if missing)."""
+    from core.triton import DEFAULT_RUNTIME_VENV, prepare_runtime
+
+    return prepare_runtime(DEFAULT_RUNTIME_VENV)
+
+
+@pytest.fixture
+def triton_server(tmp_path, triton_runtime):
+    """Factory: ``triton_server(repo, models)`` starts a real tritonserver on free ports, READY.
+
+    Every server started is stopped at the end of the test.
+    """
+    from core.triton import TritonServer
+
+    started = []
+
+    def start(repo: Path, models=(), **kwargs) -> TritonServer:
+        server = TritonServer(repo, tmp_path / f"triton{len(started)}", triton_runtime, models, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

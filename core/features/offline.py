@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from types import ModuleType
 from typing import Callable, Sequence
 
 import numpy as np
 
+from core._progress import Progress
 from core.config import Config
 from core.errors import DataFileError, TickmeshError
 from core.features._run import run_series
@@ -131,24 +131,6 @@ def _attach_reference(series: list[BarSeries], ref: BarSeries) -> None:
         s.columns["ref_close"] = np.where(hit, ref.columns["close"][pos_c], np.nan)
 
 
-class _Progress:
-    """One updating line on a terminal; silent otherwise."""
-
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.t0 = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
-            return
-        rate = done / max(time.monotonic() - self.t0, 1e-9)
-        self.stream.write(f"\rfeatures: {done}/{total} bars ({100 * done // max(total, 1)}%), {rate:,.0f} bars/s ")
-        if done == total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:
     try:
         series = [s for path in args.inputs for s in load_bars(path)]
@@ -162,7 +144,7 @@ def _cmd(args: argparse.Namespace, cfg: Config) -> int:
             unknown = [n for n in wanted if n not in names]
             if unknown:
                 raise DataFileError(f"unknown feature names {unknown}; `tickmesh features --list` shows them")
-        values = compute(series, fs, xp, _Progress())
+        values = compute(series, fs, xp, Progress("features", "bars"))
         if args.names:
             cols = [names.index(n) for n in wanted]
             values = [v[:, cols] for v in values]

@@ -1,0 +1,1 @@
+"""Trained models served by Triton: training, reference forward passes and export to triton_models/."""

@@ -1,0 +1,121 @@
+"""Triton Python-backend glue shared by every tickmesh model.
+
+Imported only inside tritonserver (it needs ``triton_python_backend_utils``). A model.py puts the
+repository root on ``sys.path`` and builds its ``TritonPythonModel`` from `BatchedModel`: every
+request of a dynamic batch is checked on its own (a bad one gets an error response naming the
+input, row and feature; the others still run), the good ones are concatenated, computed in one
+call, and split back.
+
+The array module is NumPy, or CuPy when the instance runs as KIND_GPU and CuPy is installed
+(one host-to-device copy per batch in, one back out; the model code is the same for both).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+__all__ = ["BatchedModel", "InputError"]
+
+
+class InputError(ValueError):
+    """One request's input is unusable; the message goes back to the client."""
+
+
+def _array_module(args: Mapping[str, str]):
+    if args.get("model_instance_kind") == "GPU":
+        try:
+            import cupy
+
+            cupy.cuda.Device(int(args.get("model_instance_device_id", 0))).use()
+            return cupy
+        except ImportError:
+            pass
+    return np
+
+
+class BatchedModel:
+    """Base of a model.py's ``TritonPythonModel``.
+
+    Subclasses set ``inputs`` (name -> trailing shape, ``None`` for a string input) and
+    ``outputs`` (names), implement ``load(version_dir, xp)`` and ``compute(batch, xp) ->
+    {output: array}`` (arrays with the batch on axis 0), and may set ``feature_names`` so that
+    non-finite features are reported by name.
+    """
+
+    inputs: Mapping[str, tuple[int, ...] | None] = {}
+    outputs: Sequence[str] = ()
+    feature_names: Sequence[str] = ()
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        self.xp = _array_module(args)
+        self.config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.load(version_dir, self.xp)
+
+    def load(self, version_dir: Path, xp) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def compute(self, batch: Mapping[str, object], xp) -> Mapping[str, object]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _read(self, request) -> dict[str, np.ndarray]:
+        out = {}
+        for name, shape in self.inputs.items():
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is None:
+                raise InputError(f"missing input {name!r}")
+            a = t.as_numpy()
+            if shape is None:
+                out[name] = a.reshape(-1)
+                continue
+            if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != tuple(shape):
+                raise InputError(f"input {name!r} has shape {list(a.shape)}, expected [batch, {', '.join(map(str, shape))}]")
+            bad = ~np.isfinite(a)
+            if bad.any():
+                where = np.argwhere(bad)[0]
+                col = int(where[-1])
+                what = self.feature_names[col] if col < len(self.feature_names) else f"column {col}"
+                raise InputError(f"input {name!r} has {int(bad.sum())} non-finite values; first at "
+                                 f"index {where.tolist()} ({what})")
+            out[name] = a
+        return out
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        good, parts = [], []
+        for i, r in enumerate(requests):
+            try:
+                parts.append(self._read(r))
+                good.append(i)
+            except InputError as exc:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+        if good:
+            sizes = [next(iter(p.values())).shape[0] for p in parts]
+            batch = {name: np.concatenate([p[name] for p in parts]) for name in self.inputs}
+            xp = self.xp
+            if xp is not np:
+                batch = {k: (xp.asarray(v) if v.dtype != object else v) for k, v in batch.items()}
+            try:
+                result = self.compute(batch, xp)
+            except InputError as exc:
+                for i in good:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+                return responses
+            host = {k: _to_numpy(v) for k, v in result.items()}
+            start = 0
+            for i, n in zip(good, sizes):
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(host[name][start:start + n]))
+                           for name in self.outputs]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += n
+        return responses
+
+
+def _to_numpy(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else a.get()
+
