@@ -127,7 +127,10 @@ def prepare_backend(venv: str | os.PathLike, backend_dir: str | os.PathLike) -> 
     dest.mkdir(parents=True, exist_ok=True)
     for src in [*(triton / "backends" / "python").glob("*.*"), stub]:
         if src.is_file():
-            shutil.copy2(src, dest / src.name)
+            # Copy then rename: a stub of a killed server may still be running from the old file.
+            tmp = dest / f".{src.name}.tmp"
+            shutil.copy2(src, tmp)
+            os.replace(tmp, dest / src.name)
     return backend_dir
 
 
