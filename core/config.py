@@ -26,6 +26,8 @@ __all__ = [
     "SimConfig",
     "WorkerConfig",
     "TritonConfig",
+    "RouteConfig",
+    "InferenceConfig",
     "StoreConfig",
     "ApiConfig",
     "Config",
@@ -63,6 +65,8 @@ class StreamsConfig(_Section):
     bars_max_bytes: PositiveInt = 1024**3
     feat_max_age_s: Positive = 7 * 86400
     feat_max_bytes: PositiveInt = 2 * 1024**3
+    pred_max_age_s: Positive = 7 * 86400
+    pred_max_bytes: PositiveInt = 1024**3
     dlq_max_age_s: Positive = 30 * 86400
     dlq_max_bytes: PositiveInt = 256 * 1024**2
     duplicate_window_s: Positive = 120.0
@@ -135,6 +139,33 @@ class TritonConfig(_Section):
     ready_timeout_s: Positive = 180.0
 
 
+class RouteConfig(_Section):
+    """Version routing of one model (see `core.inference.Route`); 0 means none / latest."""
+
+    production: Annotated[int, msgspec.Meta(ge=0)] = 0
+    candidate: Annotated[int, msgspec.Meta(ge=0)] = 0
+    canary_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    shadow: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class InferenceConfig(_Section):
+    """The inference worker (feature vectors in, predictions out).
+
+    ``routes`` are the starting routes; ``tickmesh models promote|rollback|route`` change them
+    live through the ``tickmesh_state`` KV bucket, which wins over this file.
+    """
+
+    models: list[str] = msgspec.field(default_factory=lambda: ["anomaly", "forecast", "regime"])
+    window_ms: Positive = 2.0
+    max_batch: PositiveInt = 256
+    deadline_ms: Positive = 250.0
+    breaker_failures: PositiveInt = 5
+    breaker_open_s: Positive = 5.0
+    fetch_batch: PositiveInt = 1024
+    snapshot_interval_s: Positive = 5.0
+    routes: dict[str, RouteConfig] = {}
+
+
 class StoreConfig(_Section):
     """ClickHouse. Empty ``dsn`` means embedded chDB under ``<data_dir>/clickhouse``."""
 
@@ -160,6 +191,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     features: FeaturesConfig = FeaturesConfig()
     triton: TritonConfig = TritonConfig()
+    inference: InferenceConfig = InferenceConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
 

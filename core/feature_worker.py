@@ -26,20 +26,17 @@ import logging
 import time
 
 import msgspec
-import nats
 from nats.js import JetStreamContext
-from nats.js.errors import ObjectNotFoundError
 
 from core import streams, subjects
-from core._consumer import next_delivery, rebind
-from core._jspublish import AckedPublisher
 from core._service import nats_url, serve
+from core._snapshot_worker import SnapshotWorker
 from core.config import Config, FeaturesConfig
 from core.errors import SchemaError, TickmeshError
 from core.features._xp import array_module
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
-from core.schema import (HDR_MSG_ID, HDR_REASON, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Bar, Codec, DeadLetter,
+from core.schema import (HDR_MSG_ID, HDR_SCHEMA, HDR_TRACEPARENT, SCHEMA_VERSION, Bar,
                          FeatureVector, feat_msg_id, traceparent)
 
 __all__ = ["FeatureWorker", "FeatureStats", "register"]
@@ -48,11 +45,6 @@ log = logging.getLogger("tickmesh.features")
 
 METRICS_SUBJECT = "tickmesh.metrics.features"
 _SCHEMA = str(SCHEMA_VERSION)
-
-
-class _Snapshot(msgspec.Struct, array_like=True):
-    last_seq: int
-    book: bytes
 
 
 class FeatureStats(msgspec.Struct):
@@ -72,7 +64,7 @@ class FeatureStats(msgspec.Struct):
     step_ms: float = 0.0
 
 
-class FeatureWorker:
+class FeatureWorker(SnapshotWorker):
     """Consumes bars and publishes feature vectors, recoverably.
 
     Args:
@@ -82,24 +74,20 @@ class FeatureWorker:
         name: durable consumer name and snapshot name; one worker owns one name at a time.
     """
 
+    stage = "features"
+    stream = streams.BARS_STREAM
+    kind = streams.FEATURES_WORKER
+
     def __init__(self, js: JetStreamContext, cfg: FeaturesConfig, fs: FeatureSet | None = None,
                  name: str = streams.FEATURES_WORKER) -> None:
-        self.js = js
         self.cfg = cfg
-        self.name = name
         self.fs = fs or FeatureSet()
         self._xp = array_module(cfg.device)
-        self._codec = Codec()
-        self._out = AckedPublisher(js._nc)  # nats-py keeps the connection of a context private
         self._subjects: dict[tuple[str, str, str], str] = {}
         self._names = list(self.fs.names)
         self.stats = FeatureStats(features=len(self._names))
+        super().__init__(js, name, cfg.fetch_batch, cfg.snapshot_interval_s)
         self.book = self._new_book()
-        self._objects = None
-        self._sub = None
-        self._consumer_seq = 0
-        self._snap_seq = 0
-        self._snap_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"FeatureWorker(name={self.name!r}, features={len(self._names)}, device={self.cfg.device!r})"
@@ -107,90 +95,28 @@ class FeatureWorker:
     def _new_book(self) -> FeatureBook:
         return FeatureBook(self.fs, self._xp, self.cfg.reference)
 
-    async def on_start(self) -> None:
-        """Restores the last snapshot and binds a consumer that starts right after it."""
-        self._objects = await self.js.object_store(streams.SNAPSHOT_BUCKET)
-        await self._out.close()
-        await self._out.start()
+    def reset_state(self) -> None:
         self.book = self._new_book()
-        start_seq = 0
-        try:
-            # One owner writes this object, so nothing replaces it while we read; the bound only
-            # turns an unexpected stall into an error and a retry.
-            got = await asyncio.wait_for(self._objects.get(self.name), 60.0)
-            snap = msgspec.msgpack.decode(got.data, type=_Snapshot)
-            self.book.restore(snap.book)
-            start_seq = snap.last_seq
-        except ObjectNotFoundError:
-            pass
-        except asyncio.TimeoutError:
-            raise TickmeshError(f"reading the snapshot {streams.SNAPSHOT_BUCKET}/{self.name} stalled") from None
-        except (SchemaError, msgspec.DecodeError) as exc:
-            # A snapshot of another feature layout (an upgrade): recompute from the stream's start.
-            log.warning("feature snapshot not usable (%s); starting from the first bar", exc)
-        self.stats.last_seq = self.stats.restored_seq = self._snap_seq = start_seq
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-        self._sub = await rebind(self.js, self.name, start_seq, kind=streams.FEATURES_WORKER)
-        self._consumer_seq = 0
-        log.info("feature worker %s starting after stream seq %d (%d series restored)", self.name, start_seq,
-                 self.book.series)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Processes chunks until ``stop`` is set, then snapshots."""
-        if self._sub is None:
-            await self.on_start()
-        while not stop.is_set():
-            try:
-                msgs = await self._sub.fetch(self.cfg.fetch_batch, timeout=0.25)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                msgs = []
-            except nats.errors.Error as exc:  # disconnected: nats-py reconnects, the consumer persists
-                log.warning("fetch failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                if msgs:
-                    await self.on_chunk(msgs)
-                if time.monotonic() - self._snap_at >= self.cfg.snapshot_interval_s:
-                    await self.snapshot()
-            except (TickmeshError, nats.errors.Error) as exc:
-                log.warning("chunk failed (%s); resuming from the last snapshot", exc)
-                await asyncio.sleep(1.0)
-                await self.on_start()
-        try:
-            await self.snapshot()
-        except (TickmeshError, nats.errors.Error) as exc:
-            log.warning("final snapshot failed (%s); the next start replays from the previous one", exc)
+    def restore_state(self, data: bytes) -> None:
+        self.book.restore(data)
 
-    async def snapshot(self) -> None:
-        """Stores the book with the last consumed sequence (only when something changed)."""
-        self._snap_at = time.monotonic()
-        if self.stats.last_seq == self._snap_seq:
-            return
-        await self._out.wait()
-        data = msgspec.msgpack.encode(_Snapshot(self.stats.last_seq, self.book.snapshot()))
-        await self._objects.put(self.name, data)
-        self._snap_seq = self.stats.last_seq
-        self.stats.snapshots += 1
+    def state_bytes(self) -> bytes:
+        return self.book.snapshot()
 
     async def on_chunk(self, msgs: list) -> None:
         """Handles one fetched chunk: vectors out, then one ack for the chunk."""
         bars: list[Bar] = []
         parents: list[str | None] = []
         for msg in msgs:
-            meta = msg.metadata
-            self._consumer_seq = next_delivery(self._consumer_seq, meta)
-            if meta.sequence.stream <= self.stats.last_seq:
-                continue  # redelivered and already in the state
-            self.stats.last_seq = meta.sequence.stream
-            self.stats.messages += 1
+            if not self.accept(msg):
+                continue
             try:
                 bar = self._codec.decode(msg.data)
                 if not isinstance(bar, Bar):
                     raise SchemaError(f"expected a Bar on {msg.subject}, got {type(bar).__name__}")
             except SchemaError as exc:
-                await self._dead_letter(msg.subject, str(exc), msg.data, f"{meta.sequence.stream}")
+                await self.dead_letter(msg.subject, str(exc), msg.data, f"{msg.metadata.sequence.stream}")
                 continue
             bars.append(bar)
             parents.append(msg.headers.get(HDR_TRACEPARENT) if msg.headers else None)
@@ -202,13 +128,12 @@ class FeatureWorker:
             for i in refused.tolist():
                 b = bars[i]
                 self.stats.refused += 1
-                await self._dead_letter(subjects.bar(b.tf, b.venue, b.symbol),
-                                        "refused: bar with a non-finite price or volume, or a negative volume",
-                                        self._codec.encode(b), f"refused.{b.tf}.{b.venue}.{b.symbol}.{b.start_ns}")
+                await self.dead_letter(subjects.bar(b.tf, b.venue, b.symbol),
+                                       "refused: bar with a non-finite price or volume, or a negative volume",
+                                       self._codec.encode(b), f"refused.{b.tf}.{b.venue}.{b.symbol}.{b.start_ns}")
             self.stats.bars += len(bars)
             self.stats.series = self.book.series
-        await self._out.wait()
-        await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the whole chunk
+        await self.ack(msgs)
 
     async def _publish(self, bars: list[Bar], values, parents: list[str | None]) -> None:
         data = values.astype("<f8", copy=False)
@@ -220,21 +145,6 @@ class FeatureWorker:
             await self._out.publish(subject, self._codec.encode(vec), {
                 HDR_MSG_ID: feat_msg_id(vec), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: traceparent(parent)})
         self.stats.vectors += len(bars)
-
-    async def _dead_letter(self, subject: str, reason: str, raw: bytes, tag: str) -> None:
-        self.stats.dead_letters += 1
-        try:
-            venue = subjects.parse(subject).venue
-        except Exception:  # a subject outside our families still gets its dead letter
-            venue = "unknown"
-        letter = DeadLetter("features", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=subject)
-        await self._out.publish(subjects.dlq("features", venue), self._codec.encode(letter),
-                                {HDR_MSG_ID: f"dlq.features.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
-
-    async def lag(self) -> int:
-        """Bars in the stream not yet delivered to this worker."""
-        info = await self.js.consumer_info(streams.BARS_STREAM, self.name)
-        return info.num_pending
 
 
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:

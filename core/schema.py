@@ -40,12 +40,14 @@ __all__ = [
     "QuoteBatch",
     "Bar",
     "FeatureVector",
+    "Prediction",
     "DeadLetter",
     "Envelope",
     "Codec",
     "batch_msg_id",
     "bar_msg_id",
     "feat_msg_id",
+    "pred_msg_id",
     "json_schema",
     "traceparent",
 ]
@@ -208,6 +210,33 @@ class FeatureVector(msgspec.Struct, array_like=True, frozen=True, tag="feat"):
         return np.frombuffer(self.values, dtype="<f8")
 
 
+class Prediction(msgspec.Struct, array_like=True, frozen=True, tag="pred"):
+    """One model's prediction for one feature vector, on ``pred.<model>.<venue>.<symbol>``.
+
+    ``outputs`` holds the model's output tensors flattened (e.g. ``MEAN``: expected log return at
+    1, 5, 15 bars). ``label``, ``confidence`` (0..1) and ``uncertainty`` summarise them the same way
+    for every model (`core.models.serving`). ``version`` 0 with ``degraded`` means the rule-based
+    fallback answered because Triton was down, slow or the circuit was open; ``reason`` says which.
+    """
+
+    model: str
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    version: int
+    role: str
+    outputs: dict[str, list[float]]
+    label: str = ""
+    confidence: float = 0.0
+    uncertainty: float = 0.0
+    degraded: bool = False
+    reason: str = ""
+    latency_us: int = 0
+    # Receive time of the newest trade of the bar: edge-to-prediction latency.
+    last_recv_ns: int = 0
+
+
 class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     """An input that a stage could not use, kept with the reason so nothing is silently dropped."""
 
@@ -220,7 +249,7 @@ class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     detail: str = ""
 
 
-Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, DeadLetter]
+Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, Prediction, DeadLetter]
 
 
 class Codec:
@@ -268,6 +297,11 @@ def bar_msg_id(bar: Bar) -> str:
 def feat_msg_id(vec: FeatureVector) -> str:
     """Deterministic Nats-Msg-Id of a feature vector: its bar's identity."""
     return f"feat.{vec.tf}.{vec.venue}.{vec.symbol}.{vec.start_ns}"
+
+
+def pred_msg_id(p: Prediction) -> str:
+    """Deterministic Nats-Msg-Id of a prediction: the model and its bar's identity."""
+    return f"pred.{p.model}.{p.tf}.{p.venue}.{p.symbol}.{p.start_ns}"
 
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")

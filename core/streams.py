@@ -17,6 +17,9 @@ __all__ = [
     "SNAPSHOT_BUCKET",
     "FEATURES_WORKER",
     "SINK_FEAT",
+    "PRED_STREAM",
+    "INFERENCE_WORKER",
+    "SINK_PRED",
     "STATE_BUCKET",
     "BARS_WORKER",
     "SINK_MD",
@@ -31,6 +34,7 @@ MD_STREAM = "MD"
 BARS_STREAM = "BARS"
 DLQ_STREAM = "DLQ"
 FEAT_STREAM = "FEAT"
+PRED_STREAM = "PRED"
 STATE_BUCKET = "tickmesh_state"
 # Snapshots too large for a KV value (feature state grows with symbols) go to an object store.
 SNAPSHOT_BUCKET = "tickmesh_snapshots"
@@ -41,6 +45,8 @@ SINK_BARS = "sink-bars"
 SINK_DLQ = "sink-dlq"
 FEATURES_WORKER = "features-worker"
 SINK_FEAT = "sink-feat"
+INFERENCE_WORKER = "inference-worker"
+SINK_PRED = "sink-pred"
 
 
 def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
@@ -57,6 +63,7 @@ def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
         stream(BARS_STREAM, ["bar.>"], cfg.bars_max_age_s, cfg.bars_max_bytes),
         stream(DLQ_STREAM, ["dlq.>"], cfg.dlq_max_age_s, cfg.dlq_max_bytes),
         stream(FEAT_STREAM, ["feat.>"], cfg.feat_max_age_s, cfg.feat_max_bytes),
+        stream(PRED_STREAM, ["pred.>"], cfg.pred_max_age_s, cfg.pred_max_bytes),
     ]
 
 
@@ -76,6 +83,8 @@ def consumer_configs() -> dict[str, tuple[str, ConsumerConfig]]:
         SINK_DLQ: (DLQ_STREAM, durable(SINK_DLQ, "dlq.>")),
         FEATURES_WORKER: (BARS_STREAM, durable(FEATURES_WORKER, "bar.>", AckPolicy.ALL)),
         SINK_FEAT: (FEAT_STREAM, durable(SINK_FEAT, "feat.>")),
+        INFERENCE_WORKER: (FEAT_STREAM, durable(INFERENCE_WORKER, "feat.>", AckPolicy.ALL)),
+        SINK_PRED: (PRED_STREAM, durable(SINK_PRED, "pred.>")),
     }
 
 

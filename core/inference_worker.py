@@ -1,0 +1,298 @@
+"""The inference worker: feature vectors in from ``feat.*``, predictions out on
+``pred.<model>.<venue>.<symbol>``.
+
+For each (timeframe, venue, symbol) it keeps the last `WINDOW_BARS` vectors restricted to
+`MODEL_FEATURES` (the models' input). Once a series has that many consecutive vectors with every
+model feature finite, each new vector gets one prediction per model in ``inference.models``,
+through `core.inference.InferenceClient`: micro-batched across symbols, routed by version, and
+answered by the rule-based fallback (``degraded``) while Triton is down or slow.
+
+Windows are snapshotted like the feature worker's state (`core._snapshot_worker`), so a restart
+gives the same windows, the same requests and, Triton answering, the same predictions under the
+same Msg-Ids (`core.schema.pred_msg_id`).
+
+Dead letters (``dlq.inference.<venue>``): a message that is not a feature vector, a vector
+without the model features, a vector whose model features turn non-finite after the series had
+warmed up (e.g. a refused bar), and a request Triton refuses as invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import msgspec
+import nats
+import numpy as np
+from nats.js import JetStreamContext
+
+from core import streams, subjects
+from core._service import nats_url, serve
+from core._snapshot_worker import SnapshotWorker
+from core.config import Config
+from core.errors import InferenceError, SchemaError, TickmeshError
+from core.features.engine import names_digest
+from core.inference import InferenceClient, Result, Router
+from core.models.data import MODEL_FEATURES, WINDOW_BARS
+from core.models.serving import FALLBACKS, summarize
+from core.routing import config_route, decode_route, route_key
+from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, FeatureVector, Prediction, pred_msg_id
+
+__all__ = ["InferenceWorker", "InferenceStats", "register"]
+
+log = logging.getLogger("tickmesh.inference")
+
+METRICS_SUBJECT = "tickmesh.metrics.inference"
+_SCHEMA = str(SCHEMA_VERSION)
+_LAYOUT = names_digest(MODEL_FEATURES) + f"/{WINDOW_BARS}"
+
+
+class InferenceStats(msgspec.Struct):
+    """Counters of one inference worker, published once a second as JSON."""
+
+    messages: int = 0
+    vectors: int = 0
+    predictions: int = 0
+    degraded: int = 0
+    warming: int = 0
+    dead_letters: int = 0
+    series: int = 0
+    last_seq: int = 0
+    lag: int = 0
+    restored_seq: int = 0
+    snapshots: int = 0
+    models: dict[str, dict] = {}
+
+
+class _Series:
+    __slots__ = ("window", "finite_run", "warmed")
+
+    def __init__(self) -> None:
+        self.window = np.full((WINDOW_BARS, len(MODEL_FEATURES)), np.nan)
+        self.finite_run = 0  # consecutive vectors with every model feature finite
+        self.warmed = False  # had a full finite window once: later non-finite input is an error
+
+
+class _State(msgspec.Struct, array_like=True):
+    layout: str
+    keys: list[tuple[str, str, str]]
+    windows: bytes
+    finite_runs: list[int]
+    warmed: list[bool]
+
+
+class InferenceWorker(SnapshotWorker):
+    """Consumes feature vectors and publishes predictions, recoverably.
+
+    Args:
+        js: JetStream context.
+        cfg: the whole config (``inference`` and ``triton`` sections are read).
+        triton_url: Triton's gRPC endpoint "host:port".
+        name: durable consumer name and snapshot name.
+    """
+
+    stage = "inference"
+    stream = streams.FEAT_STREAM
+    kind = streams.INFERENCE_WORKER
+
+    def __init__(self, js: JetStreamContext, cfg: Config, triton_url: str,
+                 name: str = streams.INFERENCE_WORKER) -> None:
+        self.cfg = cfg.inference
+        unknown = sorted(set(self.cfg.models) - set(FALLBACKS))
+        if unknown:
+            raise TickmeshError(f"inference.models {unknown} are not window models; known: {sorted(FALLBACKS)}")
+        self.triton_url = triton_url
+        self.stats = InferenceStats()
+        super().__init__(js, name, self.cfg.fetch_batch, self.cfg.snapshot_interval_s)
+        self.router = Router({m: config_route(cfg, m) for m in self.cfg.models})
+        self.series: dict[tuple[str, str, str], _Series] = {}
+        self._columns: dict[str, np.ndarray | None] = {}
+        self._client: InferenceClient | None = None
+        self._watch: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"InferenceWorker(name={self.name!r}, models={self.cfg.models}, triton={self.triton_url!r})"
+
+    # -- state --------------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        self.series = {}
+
+    def state_bytes(self) -> bytes:
+        keys = list(self.series)
+        windows = np.stack([self.series[k].window for k in keys]) if keys else np.empty(0)
+        return msgspec.msgpack.encode(_State(_LAYOUT, keys, windows.astype("<f8").tobytes(),
+                                             [self.series[k].finite_run for k in keys],
+                                             [self.series[k].warmed for k in keys]))
+
+    def restore_state(self, data: bytes) -> None:
+        st = msgspec.msgpack.decode(data, type=_State)
+        if st.layout != _LAYOUT:
+            raise SchemaError(f"inference snapshot of another model input layout ({st.layout} != {_LAYOUT})")
+        windows = np.frombuffer(st.windows, dtype="<f8").reshape(len(st.keys), WINDOW_BARS, len(MODEL_FEATURES))
+        self.series = {}
+        for i, key in enumerate(st.keys):
+            s = _Series()
+            s.window[:] = windows[i]
+            s.finite_run, s.warmed = st.finite_runs[i], st.warmed[i]
+            self.series[tuple(key)] = s
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        if self._client is None:
+            self._client = InferenceClient(
+                self.triton_url, {m: FALLBACKS[m] for m in self.cfg.models}, self.router,
+                window_ms=self.cfg.window_ms, max_batch=self.cfg.max_batch, deadline_ms=self.cfg.deadline_ms,
+                breaker_failures=self.cfg.breaker_failures, breaker_open_s=self.cfg.breaker_open_s)
+            await self._client.__aenter__()
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_routes())
+        await super().on_start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await super().run(stop)
+        finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                await asyncio.gather(self._watch, return_exceptions=True)
+            if self._client is not None:
+                await self._client.close()
+
+    async def _watch_routes(self) -> None:
+        """Applies every change of ``route.<model>`` in the state bucket to the router."""
+        while True:
+            try:
+                kv = await self.js.key_value(streams.STATE_BUCKET)
+                watcher = await kv.watch("route.*")
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=5.0)
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        continue
+                    if entry is None or entry.value is None:
+                        continue
+                    model = entry.key.split(".", 1)[1]
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        continue
+                    try:
+                        route = decode_route(entry.value)
+                    except TickmeshError as exc:
+                        log.warning("ignoring %s: %s", route_key(model), exc)
+                        continue
+                    self.router.set(model, route)
+                    log.info("route of %s is now %s", model, route)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the watch is retried; inference goes on
+                log.warning("route watch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    # -- messages -----------------------------------------------------------------------------
+    def _model_columns(self, vec: FeatureVector) -> np.ndarray | None:
+        """Where the model features sit in ``vec`` (None when some are missing)."""
+        cols = self._columns.get(vec.digest)
+        # The digest only names a layout: check it before trusting the cached positions.
+        if cols is not None and len(vec.names) > cols.max() \
+                and all(vec.names[c] == n for c, n in zip(cols, MODEL_FEATURES)):
+            return cols
+        index = {n: i for i, n in enumerate(vec.names)}
+        if not all(n in index for n in MODEL_FEATURES):
+            return None
+        cols = np.array([index[n] for n in MODEL_FEATURES], dtype=np.int64)
+        self._columns[vec.digest] = cols
+        return cols
+
+    async def on_chunk(self, msgs: list) -> None:
+        """Windows updated in stream order, then every due prediction requested at once."""
+        due: list[tuple[FeatureVector, np.ndarray]] = []
+        for msg in msgs:
+            if not self.accept(msg):
+                continue
+            seq = msg.metadata.sequence.stream
+            try:
+                vec = self._codec.decode(msg.data)
+                if not isinstance(vec, FeatureVector):
+                    raise SchemaError(f"expected a FeatureVector on {msg.subject}, got {type(vec).__name__}")
+                values = vec.array()
+            except SchemaError as exc:
+                await self.dead_letter(msg.subject, str(exc), msg.data, str(seq))
+                continue
+            self.stats.vectors += 1
+            cols = self._model_columns(vec)
+            if cols is None:
+                missing = [n for n in MODEL_FEATURES if n not in vec.names]
+                await self.dead_letter(msg.subject, f"feature vector lacks model features {missing}", msg.data, str(seq))
+                continue
+            key = (vec.tf, vec.venue, vec.symbol)
+            s = self.series.get(key) or self.series.setdefault(key, _Series())
+            x = values[cols]
+            s.window[:-1] = s.window[1:]
+            s.window[-1] = x
+            if np.isfinite(x).all():
+                s.finite_run += 1
+            else:
+                s.finite_run = 0
+                if s.warmed:
+                    bad = [MODEL_FEATURES[i] for i in np.flatnonzero(~np.isfinite(x))]
+                    await self.dead_letter(msg.subject, f"non-finite model features after warm-up: {bad}",
+                                           msg.data, str(seq))
+                    continue
+            if s.finite_run >= WINDOW_BARS:
+                s.warmed = True
+                due.append((vec, s.window.copy()))
+            else:
+                self.stats.warming += 1
+        self.stats.series = len(self.series)
+        if due:
+            await self._predict_and_publish(due)
+        await self.ack(msgs)
+        self.stats.models = self._client.metrics() if self._client else {}
+
+    async def _predict_and_publish(self, due: list[tuple[FeatureVector, np.ndarray]]) -> None:
+        calls = [(vec, model, self._client.predict(model, f"{vec.venue}/{vec.symbol}", {"FEATURES": w[None]}))
+                 for vec, w in due for model in self.cfg.models]
+        results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
+        for (vec, model, _), res in zip(calls, results):
+            subject = subjects.feat(vec.tf, vec.venue, vec.symbol)
+            if isinstance(res, InferenceError):
+                await self.dead_letter(subject, str(res), self._codec.encode(vec),
+                                       f"{model}.{vec.tf}.{vec.venue}.{vec.symbol}.{vec.start_ns}")
+                continue
+            if isinstance(res, BaseException):
+                raise res
+            await self._publish(vec, model, res)
+
+    async def _publish(self, vec: FeatureVector, model: str, res: Result) -> None:
+        outputs = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in res.outputs.items()}
+        label, confidence, uncertainty = summarize(model, res.outputs)
+        p = Prediction(model, vec.venue, vec.symbol, vec.tf, vec.start_ns, res.version, res.role, outputs,
+                       label=label, confidence=confidence, uncertainty=uncertainty, degraded=res.degraded,
+                       reason=res.reason, latency_us=int(res.latency_s * 1e6), last_recv_ns=vec.last_recv_ns)
+        await self._out.publish(subjects.pred(model, vec.venue, vec.symbol), self._codec.encode(p),
+                                {HDR_MSG_ID: pred_msg_id(p), HDR_SCHEMA: _SCHEMA})
+        self.stats.predictions += 1
+        self.stats.degraded += res.degraded
+
+
+def triton_url(cfg: Config) -> str:
+    """The configured Triton gRPC endpoint, else the embedded server's."""
+    return cfg.triton.url or f"{cfg.triton.host}:{cfg.triton.grpc_port}"
+
+
+def _cmd(args: argparse.Namespace, cfg: Config) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-inference",
+                          lambda js: InferenceWorker(js, cfg, args.triton or triton_url(cfg)), METRICS_SUBJECT))
+    except TickmeshError as exc:
+        print(f"tickmesh inference-worker: {exc}")
+        return 2
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inference-worker", help="run the inference worker (feature vectors in, predictions out)")
+    p.add_argument("--url", help="NATS url (default: from config)")
+    p.add_argument("--triton", help="Triton gRPC host:port (default: from config)")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,157 @@
+"""The inference worker against a real nats-server: windows from real feature vectors, degraded
+predictions while Triton is unreachable, identical predictions after a restart, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import numpy as np
+import pytest
+
+from core import streams, subjects
+from core.config import Config, InferenceConfig, StreamsConfig
+from core.features.barfile import load_bars
+from core.features.featureset import FeatureSet
+from core.features.offline import compute
+from core.inference_worker import InferenceWorker
+from core.models.data import MODEL_FEATURES, WINDOW_BARS
+from core.models.serving import FALLBACKS
+from core.natsserver import free_port
+from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, feat_msg_id
+from tests.conftest import shared_file
+from tests.test_worker import stream_messages, wait_until
+
+CODEC = Codec()
+MODELS = ("anomaly", "forecast", "regime")
+
+
+@pytest.fixture(scope="module")
+def vectors() -> list[FeatureVector]:
+    """Feature vectors of the first bars of two real bar files, interleaved in time order."""
+    fs = FeatureSet()
+    out = []
+    for path, venue, symbol, tf, n in (("bars/eurusd_1h_2017-2018.csv", "fx", "EUR-USD", "1h", 220),
+                                       ("bars/btc_perp_1m_2022-01.csv", "perp", "BTC-USD-PERP", "1m", 200)):
+        s = load_bars(shared_file(path))[0]
+        s.columns = {k: v[:n] for k, v in s.columns.items()}
+        values = compute([s], fs)[0]
+        for ts, row in zip(s.columns["ts_ns"], values):
+            out.append(FeatureVector(venue, symbol, tf, int(ts), list(fs.names), row.astype("<f8").tobytes(),
+                                     fs.digest))
+    order = sorted(range(len(out)), key=lambda i: (i % 200, i))  # interleave the two series
+    return [out[i] for i in order]
+
+
+def expected_windows(vectors: list[FeatureVector]) -> dict[tuple, np.ndarray]:
+    """(tf, venue, symbol, start_ns) -> the window a prediction must be made from."""
+    cols = [vectors[0].names.index(n) for n in MODEL_FEATURES]
+    hist: dict[tuple, list[np.ndarray]] = {}
+    out = {}
+    for v in vectors:
+        h = hist.setdefault((v.tf, v.venue, v.symbol), [])
+        h.append(v.array()[cols])
+        w = np.array(h[-WINDOW_BARS:])
+        if len(w) == WINDOW_BARS and np.isfinite(w).all():
+            out[(v.tf, v.venue, v.symbol, v.start_ns)] = w
+    return out
+
+
+async def publish(js, vectors: list[FeatureVector]) -> None:
+    for v in vectors:
+        await js.publish(subjects.feat(v.tf, v.venue, v.symbol), CODEC.encode(v), headers={HDR_MSG_ID: feat_msg_id(v)})
+
+
+def unreachable_triton_config() -> tuple[Config, str]:
+    cfg = Config(inference=InferenceConfig(fetch_batch=50, deadline_ms=200, breaker_failures=1, breaker_open_s=600))
+    return cfg, f"127.0.0.1:{free_port()}"
+
+
+async def run_until(worker: InferenceWorker, messages: int) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: _seen(worker, messages), timeout_s=60)
+    finally:
+        stop.set()
+        await task
+
+
+async def _seen(worker, messages: int) -> bool:
+    return worker.stats.messages >= messages
+
+
+def predictions(msgs) -> dict[tuple, Prediction]:
+    out = {}
+    for m in msgs:
+        p = CODEC.decode(m.data)
+        assert isinstance(p, Prediction)
+        assert m.subject == subjects.pred(p.model, p.venue, p.symbol)
+        out[(p.model, p.tf, p.venue, p.symbol, p.start_ns)] = p
+    return out
+
+
+async def test_degraded_predictions_while_triton_is_unreachable(nc, vectors):
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    await publish(js, vectors)
+    cfg, url = unreachable_triton_config()
+    worker = InferenceWorker(js, cfg, url)
+    await run_until(worker, len(vectors))
+    got = predictions(await stream_messages(js, streams.PRED_STREAM))
+    windows = expected_windows(vectors)
+    assert {k[2] for k in windows} == {"EUR-USD", "BTC-USD-PERP"} and len(windows) > 100  # both warmed up
+    assert set(got) == {(m, *k) for k in windows for m in MODELS}
+    for (model, *key), p in got.items():
+        assert p.degraded and p.version == 0 and p.role == "fallback" and p.reason
+        want = FALLBACKS[model]({"FEATURES": windows[tuple(key)][None]})
+        for name, arr in want.items():
+            np.testing.assert_array_equal(p.outputs[name], np.asarray(arr, dtype=np.float64).ravel())
+    assert worker.stats.degraded == worker.stats.predictions == len(got)
+    assert worker.stats.models["anomaly:breaker"]["state"] == "open"
+
+
+async def test_restart_resumes_from_the_snapshot_with_identical_predictions(nc, vectors):
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    await publish(js, vectors)
+    cfg, url = unreachable_triton_config()
+    first = InferenceWorker(js, cfg, url)
+    await run_until(first, len(vectors) // 2)  # stops with a snapshot of about half the stream
+    assert first.stats.snapshots >= 1
+    second = InferenceWorker(js, cfg, url)
+    await second.on_start()
+    assert second.stats.restored_seq == first.stats.last_seq and len(second.series) == 2
+    await run_until(second, len(vectors) - first.stats.last_seq)
+    got = predictions(await stream_messages(js, streams.PRED_STREAM))
+    windows = expected_windows(vectors)
+    assert set(got) == {(m, *k) for k in windows for m in MODELS}
+    for (model, *key), p in got.items():
+        want = FALLBACKS[model]({"FEATURES": windows[tuple(key)][None]})
+        np.testing.assert_array_equal(p.outputs[next(iter(want))], np.asarray(next(iter(want.values())),
+                                                                              dtype=np.float64).ravel())
+
+
+async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    one = [v for v in vectors if v.venue == "fx"][:150]
+    await publish(js, one[:140])
+    await js.publish(subjects.feat("1h", "fx", "EUR-USD"), b"\x93not a vector")
+    lacking = msgspec.structs.replace(one[140], names=one[140].names[:5], values=one[140].values[:40])
+    await publish(js, [lacking])
+    nan_row = one[141].array().copy()
+    nan_row[one[141].names.index("rsi_14")] = np.nan
+    await publish(js, [msgspec.structs.replace(one[141], values=nan_row.tobytes())])
+    await publish(js, one[142:])
+    cfg, url = unreachable_triton_config()
+    worker = InferenceWorker(js, cfg, url)
+    await run_until(worker, len(one) + 1)
+    letters = [CODEC.decode(m.data) for m in await stream_messages(js, streams.DLQ_STREAM)]
+    reasons = sorted(x.reason for x in letters)
+    assert len(letters) == 3 and all(x.stage == "inference" for x in letters)
+    assert any("lacks model features" in r for r in reasons)
+    assert any("non-finite model features after warm-up: ['rsi_14']" in r for r in reasons)
+    assert any("undecodable" in r or "expected" in r for r in reasons)
+    # The window restarts after the NaN row: predictions resume once it is full of finite rows again.
+    assert worker.stats.predictions > 0
