@@ -18,6 +18,7 @@ __all__ = [
     "TradeOut",
     "FeatureRowOut",
     "FeaturesOut",
+    "PredictionOut",
     "SymbolOut",
     "SymbolsOut",
     "ErrorOut",
@@ -67,6 +68,34 @@ class FeaturesOut(msgspec.Struct, frozen=True):
     timeframe: str
     names: list[str]
     rows: list[FeatureRowOut]
+
+
+class PredictionOut(msgspec.Struct, frozen=True):
+    """One model's prediction for one bar (`core.schema.Prediction`).
+
+    ``outputs`` are the model's tensors (e.g. forecast ``MEAN``/``STD``/``P_UP`` at 1, 5, 15 bars);
+    ``confidence`` is 0..1; ``degraded`` marks the rule-based fallback (``version`` 0).
+    """
+
+    model: str
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    version: int
+    role: str
+    label: str
+    confidence: float
+    uncertainty: float
+    degraded: bool
+    reason: str
+    outputs: dict[str, list[float]]
+    latency_us: int
+    last_recv_ns: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "PredictionOut":
+        return cls(**{f: row[f] for f in cls.__struct_fields__})
 
 
 class TradeOut(msgspec.Struct, frozen=True):

@@ -1,6 +1,6 @@
-"""The sink: JetStream market data, bars, feature vectors and dead letters into ClickHouse.
+"""The sink: JetStream market data, bars, feature vectors, predictions and dead letters into ClickHouse.
 
-Four durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_DLQ`) are drained
+Five durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_PRED`, `SINK_DLQ`) are drained
 concurrently. Each fetch of up to ``batch`` messages is decoded, grouped by type and written with
 one columnar insert per table through the Store's worker thread; messages are acked only after
 their insert succeeded. A failed insert leaves its messages unacked (negative ack with a delay) so
@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from core import streams
 from core.config import Config
 from core.errors import SchemaError, SubjectError, TickmeshError
-from core.schema import Bar, Codec, DeadLetter, FeatureVector, QuoteBatch, TradeBatch
+from core.schema import Bar, Codec, DeadLetter, FeatureVector, Prediction, QuoteBatch, TradeBatch
 from core.store import Store
 from core.subjects import parse as parse_subject
 
@@ -56,6 +56,7 @@ class SinkStats(msgspec.Struct, kw_only=True):
     quotes: int = 0  # quote rows inserted
     bars: int = 0  # bar rows inserted
     features: int = 0  # feature-vector rows inserted
+    predictions: int = 0  # prediction rows inserted
     dead_letters: int = 0  # dead-letter rows inserted (from the DLQ stream and the sink's own)
     insert_errors: int = 0  # failed inserts (their messages were left for redelivery)
     fetch_errors: int = 0  # failed fetches other than an idle timeout
@@ -74,6 +75,7 @@ _SOURCES = (
     _Source(streams.SINK_MD, streams.MD_STREAM, (TradeBatch, QuoteBatch)),
     _Source(streams.SINK_BARS, streams.BARS_STREAM, (Bar,)),
     _Source(streams.SINK_FEAT, streams.FEAT_STREAM, (FeatureVector,)),
+    _Source(streams.SINK_PRED, streams.PRED_STREAM, (Prediction,)),
     _Source(streams.SINK_DLQ, streams.DLQ_STREAM, (DeadLetter,)),
 )
 
@@ -93,6 +95,9 @@ def _check(item: Any) -> None:
         item.array()  # one float64 per name
         if not _fits_int64(item.start_ns, item.last_recv_ns):
             raise SchemaError("FeatureVector: start_ns or last_recv_ns outside int64")
+    elif isinstance(item, Prediction):
+        if not _fits_int64(item.start_ns, item.last_recv_ns, item.latency_us) or not 0 <= item.version < 2**32:
+            raise SchemaError("Prediction: start_ns, last_recv_ns, latency_us or version out of range")
     elif isinstance(item, DeadLetter):
         if not _fits_int64(item.recv_ns):
             raise SchemaError("DeadLetter: recv_ns outside int64")
@@ -282,6 +287,8 @@ class Sink:
                 add("bars", msg, item)
             elif isinstance(item, FeatureVector):
                 add("features", msg, item)
+            elif isinstance(item, Prediction):
+                add("predictions", msg, item)
             else:
                 add("dead_letters", msg, (item, seq))
 
@@ -290,6 +297,7 @@ class Sink:
             "quotes": self._store.insert_quotes,
             "bars": self._store.insert_bars,
             "features": self._store.insert_features,
+            "predictions": self._store.insert_predictions,
             "dead_letters": functools.partial(self._store.insert_dead_letters, stream=src.stream),
         }
         stored: list[Msg] = []

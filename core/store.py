@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from core.errors import StoreError
-from core.schema import Bar, DeadLetter, FeatureVector, QuoteBatch, TradeBatch
+from core.schema import Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, TradeBatch
 
 __all__ = ["TABLES", "DDL", "Store"]
 
@@ -60,6 +60,14 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"), ("digest", _LC),
         ("values", "Map(LowCardinality(String), Float64)"), ("last_recv_ns", "Int64"),
     ),
+    # One row per model per bar; outputs as a Map of arrays (`outputs['MEAN'][1]` in SQL).
+    "predictions": (
+        ("model", _LC), ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"),
+        ("version", "UInt32"), ("role", _LC), ("label", _LC), ("confidence", "Float64"),
+        ("uncertainty", "Float64"), ("degraded", "Bool"), ("reason", "String"),
+        ("outputs", "Map(LowCardinality(String), Array(Float64))"), ("latency_us", "Int64"),
+        ("last_recv_ns", "Int64"),
+    ),
     "dead_letters": (
         ("stage", _LC), ("venue", _LC), ("symbol", _LC), ("reason", "String"), ("detail", "String"),
         ("raw", "String"), ("recv_ns", "Int64"), ("stream", _LC), ("stream_seq", "UInt64"),
@@ -72,6 +80,7 @@ _ORDER_BY = {
     "quotes": "(venue, symbol, ts_ns, recv_ns)",
     "bars": "(venue, symbol, tf, start_ns)",
     "features": "(venue, symbol, tf, start_ns)",
+    "predictions": "(model, venue, symbol, tf, start_ns)",
     # The stream is part of the key: sequences of different streams overlap, and the sink
     # dead-letters messages from several streams under one stage.
     "dead_letters": "(stage, venue, stream, stream_seq)",
@@ -362,6 +371,46 @@ class Store:
             f"{{names:Array(String)}}) AS v FROM {{db}}.features FINAL WHERE {where} "
             "ORDER BY start_ns DESC LIMIT {limit:UInt64}) ORDER BY start_ns", params)
         return {"names": list(names), "start_ns": [r["start_ns"] for r in rows], "values": [r["v"] for r in rows]}
+
+    def insert_predictions(self, preds: Sequence[Prediction]) -> int:
+        """Inserts predictions, one row each.
+
+        Returns:
+            Number of rows written.
+
+        Raises:
+            StoreError: a value does not fit its column or ClickHouse refused the insert.
+        """
+        if not preds:
+            return 0
+        with self._guard("insert into predictions"):
+            data = []
+            for name, ch_type in TABLES["predictions"]:
+                col = [getattr(p, name) for p in preds]
+                if ch_type == "Int64":
+                    col = np.array(col, dtype=np.int64)
+                elif ch_type == "UInt32":
+                    col = np.array(col, dtype=np.uint32)
+                elif ch_type == "Float64":
+                    col = np.array(col, dtype=np.float64)
+                data.append(col)
+        self._insert("predictions", data)
+        return len(preds)
+
+    def predictions(self, venue: str, symbol: str, tf: str | None = None, model: str | None = None,
+                    start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000) -> list[dict]:
+        """Predictions of one symbol with ``start_ns <= bar start < end_ns``, ascending by
+        (start, model); the LAST ``limit`` when the range holds more. ``tf``/``model`` filter.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        filters = {"venue": venue, "symbol": symbol}
+        if tf:
+            filters["tf"] = tf
+        if model:
+            filters["model"] = model
+        return self._last_in_range("predictions", "start_ns", ("start_ns", "model"), filters, start_ns, end_ns, limit)
 
     def insert_dead_letters(self, items: Sequence[tuple[DeadLetter, int]], stream: str = "") -> int:
         """Inserts dead letters, each with the JetStream stream sequence it came from.

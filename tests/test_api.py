@@ -36,7 +36,8 @@ from core.config import Config, NatsConfig
 from core.natsserver import free_port
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
-from core.schema import Codec, HDR_MSG_ID, Bar, FeatureVector, TradeBatch, bar_msg_id, batch_msg_id, feat_msg_id
+from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, TradeBatch, bar_msg_id, batch_msg_id,
+                         feat_msg_id, pred_msg_id)
 from tests.conftest import shared_file
 
 CODEC = Codec()  # one codec for this module, as every component builds its own
@@ -269,6 +270,34 @@ async def test_features_reach_api_through_sink(api: ApiStack):
     assert some["rows"] == [[b.start_ns, [w[i] for i in idx] + [None]] for b, w in zip(bars[-3:], want[-3:])]
 
 
+async def test_predictions_reach_api_through_sink(api: ApiStack):
+    bars = binance_klines_bars()
+    preds = []
+    for i, bar in enumerate(bars):
+        for model, degraded in (("forecast", i % 3 == 0), ("regime", False)):
+            outputs = ({"MEAN": [1e-4 * i, 2e-4, -3e-4], "STD": [1e-3, 2e-3, 4e-3], "P_UP": [0.6, 0.55, 0.4]}
+                       if model == "forecast" else {"PROBS": [0.7, 0.2, 0.1], "LABEL": [0.0]})
+            preds.append(Prediction(model, bar.venue, bar.symbol, bar.tf, bar.start_ns, 0 if degraded else 2,
+                                    "fallback" if degraded else "production", outputs, label="up", confidence=0.6,
+                                    uncertainty=1e-3, degraded=degraded, reason="circuit open" if degraded else "",
+                                    latency_us=1500 + i))
+    for p in preds:
+        await api.js.publish(subjects.pred(p.model, p.venue, p.symbol), CODEC.encode(p),
+                             headers={HDR_MSG_ID: pred_msg_id(p)})
+    query = {"venue": "binance", "symbol": "ADA-BTC", "limit": 1000}
+
+    async def stored():
+        got = (await api.http.get("/api/predictions", params=query)).json()
+        return got if len(got) >= len(preds) else None
+
+    got = await eventually(stored, f"{len(preds)} predictions in /api/predictions")
+    want = sorted((msgspec.structs.asdict(p) for p in preds), key=lambda d: (d["start_ns"], d["model"]))
+    assert got == want
+    only = (await api.http.get("/api/predictions", params={**query, "model": "forecast", "limit": 2})).json()
+    assert [(p["model"], p["start_ns"]) for p in only] == [("forecast", b.start_ns) for b in bars[-2:]]
+    assert (await api.http.get("/api/predictions", params={**query, "timeframe": "5m"})).json() == []
+
+
 async def test_trades_reach_api_through_sink_with_every_field_equal(api: ApiStack):
     batch = kraken_trades()
     await api.publish_trades(batch)
@@ -331,6 +360,8 @@ async def test_ws_bad_timeframe_closes_naming_it(api: ApiStack):
     ("/api/trades", {"symbol": "BTC-USDT"}, "venue"),
     ("/api/features", {"venue": "binance", "symbol": "ADA-BTC", "names": " , "}, "names"),
     ("/api/features", {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
+    ("/api/predictions", {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
+    ("/api/predictions", {"symbol": "ADA-BTC"}, "venue"),
     ("/api/trades", {"venue": "kraken", "symbol": "BTC-USDT", "start": "99999999999999999999999"}, "start"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(api: ApiStack, path, params, param):
@@ -346,7 +377,8 @@ async def test_openapi_lists_the_paths(api: ApiStack):
     resp = await api.http.get("/schema/openapi.json")
     assert resp.status_code == 200
     paths = resp.json()["paths"]
-    for path in ("/health", "/api/symbols", "/api/bars", "/api/features", "/api/trades", "/metrics"):
+    for path in ("/health", "/api/symbols", "/api/bars", "/api/features", "/api/predictions", "/api/trades",
+                 "/metrics"):
         assert path in paths, path
     names = {p["name"] for p in paths["/api/bars"]["get"]["parameters"]}
     assert names == {"venue", "symbol", "timeframe", "start", "end", "limit"}

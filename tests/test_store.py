@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.errors import StoreError
-from core.schema import BUY, SELL, Bar, DeadLetter, QuoteBatch, TradeBatch
+from core.schema import BUY, SELL, Bar, DeadLetter, Prediction, QuoteBatch, TradeBatch
 from core.store import TABLES, Store
 from tests.conftest import shared_file
 
@@ -135,13 +135,21 @@ def test_dead_letters_from_two_streams_with_equal_seq_are_both_kept(store):
 
 def test_same_batch_twice_counts_once(store):
     batch, bars, dl = kraken_trades(50), binance_bars(), binance_frame_dead_letter()
+    preds = [Prediction("forecast", b.venue, b.symbol, b.tf, b.start_ns, 1, "production",
+                        {"MEAN": [0.001, -0.002, 0.0], "P_UP": [0.6, 0.4, 0.5]}, label="up", confidence=0.6,
+                        uncertainty=0.01, degraded=i % 2 == 0, reason="x" * (i % 2), latency_us=i)
+             for i, b in enumerate(bars)]
     for _ in range(2):
         store.insert_trades([batch])
         store.insert_quotes([huobi_quotes()])
         store.insert_bars(bars)
+        store.insert_predictions(preds)
         store.insert_dead_letters([(dl, 7)])
-    assert store.counts() == {"trades": 50, "quotes": 10, "bars": 21, "features": 0, "dead_letters": 1}
+    assert store.counts() == {"trades": 50, "quotes": 10, "bars": 21, "features": 0, "predictions": 21,
+                              "dead_letters": 1}
     assert len(store.trades("kraken", "BTC-USDT")) == 50
+    got = store.predictions("binance", "ADA-BTC", tf="1m", model="forecast")
+    assert [msgspec.structs.asdict(p) for p in preds] == [{**r, "degraded": bool(r["degraded"])} for r in got]
 
 
 def test_bars_range_and_last_limit(store):
@@ -182,7 +190,7 @@ def test_symbols_and_counts(store):
          "first_ns": int(cols["ts_ns"].min()), "last_ns": int(cols["ts_ns"].max())},
         {"venue": "sim", "symbol": "ETH-USD", "trades": 2, "first_ns": 5, "last_ns": 9},
     ]
-    assert store.counts() == {"trades": 32, "quotes": 0, "bars": 0, "features": 0, "dead_letters": 0}
+    assert store.counts() == {"trades": 32, "quotes": 0, "bars": 0, "features": 0, "predictions": 0, "dead_letters": 0}
     assert store.ping()
 
 
@@ -200,7 +208,7 @@ def test_malformed_values_give_store_error(store):
     huge = msgspec.structs.replace(binance_bars()[0], start_ns=2**70)
     with pytest.raises(StoreError, match="bars"):
         store.insert_bars([huge])
-    assert store.counts() == {"trades": 0, "quotes": 0, "bars": 0, "features": 0, "dead_letters": 0}
+    assert store.counts() == {"trades": 0, "quotes": 0, "bars": 0, "features": 0, "predictions": 0, "dead_letters": 0}
 
 
 @pytest.mark.parametrize("dsn, database, match", [

@@ -3,6 +3,7 @@
 from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
+from api.controllers.predictions import PredictionsController
 from api.controllers.health import HealthController
 from api.controllers.live import LiveBarsController
 from api.controllers.metrics import MetricsController
@@ -13,6 +14,7 @@ __all__ = [
     "BarsController",
     "DashboardController",
     "FeaturesController",
+    "PredictionsController",
     "HealthController",
     "LiveBarsController",
     "MetricsController",
@@ -21,5 +23,5 @@ __all__ = [
     "CONTROLLERS",
 ]
 
-CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, TradesController,
-               LiveBarsController, MetricsController, DashboardController)
+CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
+               TradesController, LiveBarsController, MetricsController, DashboardController)
