@@ -231,24 +231,42 @@ class TritonServer:
         return self
 
     def load(self, model: str, deadline: float | None = None) -> None:
-        """(Re)loads one model, as KIND_GPU when the server was asked for GPU instances."""
-        body: dict = {}
-        if self.instance_kind == "gpu":
-            body = {"parameters": {"config": json.dumps(self._gpu_config(model))}}
-        status, text = self._post(f"/v2/repository/models/{model}/load", body)
+        """(Re)loads one model: the versions that have weights, with the configured instance kind.
+
+        Raises:
+            TritonServerError: the model has no trained version, or Triton refused to load it.
+        """
+        config = self._load_config(model)
+        status, text = self._post(f"/v2/repository/models/{model}/load",
+                                  {"parameters": {"config": json.dumps(config)}})
         if status != 200:
             raise TritonServerError(f"model {model!r} failed to load: {text.strip()} (log: {self.log_file})")
         self._wait(lambda: self._get(f"/v2/models/{model}/ready"),
                    deadline or time.monotonic() + 60, f"to report {model!r} READY")
 
-    def _gpu_config(self, model: str) -> dict:
+    def trained_versions(self, model: str) -> list[int]:
+        """Version directories of ``model`` holding ``weights.npz`` (what `load` serves)."""
+        return sorted(int(p.parent.name) for p in (self.repo / model).glob("*/weights.npz") if p.parent.name.isdigit())
+
+    def _load_config(self, model: str) -> dict:
+        """config.pbtxt as Triton's JSON, limited to trained versions, instance kind applied.
+
+        A version without weights (one trained on data that may not be shipped, and not trained
+        on this machine) is left out instead of failing the whole model.
+        """
         from google.protobuf import json_format, text_format
         from tritonclient.grpc import model_config_pb2
 
         cfg = text_format.Parse((self.repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        groups = cfg.instance_group or [cfg.instance_group.add()]
-        for g in groups:
-            g.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+        versions = self.trained_versions(model)
+        if not versions:
+            raise TritonServerError(f"model {model!r} has no trained version (no {self.repo / model}/<n>/weights.npz);"
+                                    f" train one with `tickmesh models train {model}`")
+        cfg.version_policy.specific.versions[:] = versions
+        if self.instance_kind == "gpu":
+            groups = cfg.instance_group or [cfg.instance_group.add()]
+            for g in groups:
+                g.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
         cfg.name = model
         return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
 

@@ -55,6 +55,9 @@ class TritonPythonModel(BatchedModel):
 """
 
 
+W_TEST = [1.0, 2.0, 3.0]
+
+
 def _repo(tmp_path: Path, model_py: str = MODEL) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(PROJECT_ROOT / "triton_models" / "_runtime", repo / "_runtime")
@@ -146,3 +149,23 @@ def test_stop_ends_the_server_and_its_stubs(tmp_path, triton_server):
     while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_mentioning(str(repo)) == []
+
+
+async def test_versions_without_weights_are_not_served(tmp_path, triton_server):
+    repo = _repo(tmp_path)
+    (repo / "scale" / "2").mkdir()
+    (repo / "scale" / "2" / "model.py").write_text(textwrap.dedent(MODEL))  # never trained here
+    server = triton_server(repo)
+    assert server.trained_versions("scale") == [1]
+    async with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert await client.is_model_ready("scale", "1")
+        assert not await client.is_model_ready("scale", "2")
+        out = await _infer(client, np.ones((1, 3)))  # no version asked: the trained one answers
+    np.testing.assert_array_equal(out["Y"], [W_TEST])
+
+
+def test_a_model_without_any_trained_version_is_a_clear_error(tmp_path, triton_server):
+    repo = _repo(tmp_path)
+    (repo / "scale" / "1" / "weights.npz").unlink()
+    with pytest.raises(TritonServerError, match="no trained version.*tickmesh models train scale"):
+        triton_server(repo)

@@ -47,6 +47,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _portable(path: str | os.PathLike) -> str:
+    """A path that means the same on another machine: relative to the checkout, else the file name."""
+    p = Path(path).resolve()
+    root = DEFAULT_REPO.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else p.name
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -87,7 +94,7 @@ def save_version(path: Path, weights: Mapping[str, np.ndarray], *, seed: int, da
     tmp = path / "weights.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path / "weights.npz")
-    sources = [{"path": str(d), "sha256": file_sha256(d)} if Path(d).is_file() else {"description": str(d)}
+    sources = [{"path": _portable(d), "sha256": file_sha256(d)} if Path(d).is_file() else {"description": str(d)}
                for d in data]
     card = {
         "model": path.parent.name,

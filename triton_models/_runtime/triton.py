@@ -44,7 +44,8 @@ class BatchedModel:
     Subclasses set ``inputs`` (name -> trailing shape, ``None`` for a string input) and
     ``outputs`` (names), implement ``load(version_dir, xp)`` and ``compute(batch, xp) ->
     {output: array}`` (arrays with the batch on axis 0), and may set ``feature_names`` so that
-    non-finite features are reported by name.
+    non-finite features are reported by name, and override ``validate(name, array)`` for checks
+    the generic ones cannot make (string inputs).
     """
 
     inputs: Mapping[str, tuple[int, ...] | None] = {}
@@ -63,6 +64,13 @@ class BatchedModel:
     def compute(self, batch: Mapping[str, object], xp) -> Mapping[str, object]:  # pragma: no cover
         raise NotImplementedError
 
+    def validate(self, name: str, array: np.ndarray) -> None:
+        """Checks one request's input after the generic checks; raise `InputError` to refuse it.
+
+        Runs per request, before batching, so a bad request fails alone (an error raised from
+        ``compute`` fails the whole dynamic batch). A string input arrives as a 1-D object array.
+        """
+
     def _read(self, request) -> dict[str, np.ndarray]:
         out = {}
         for name, shape in self.inputs.items():
@@ -72,6 +80,7 @@ class BatchedModel:
             a = t.as_numpy()
             if shape is None:
                 out[name] = a.reshape(-1)
+                self.validate(name, out[name])
                 continue
             if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != tuple(shape):
                 raise InputError(f"input {name!r} has shape {list(a.shape)}, expected [batch, {', '.join(map(str, shape))}]")
@@ -82,6 +91,7 @@ class BatchedModel:
                 what = self.feature_names[col] if col < len(self.feature_names) else f"column {col}"
                 raise InputError(f"input {name!r} has {int(bad.sum())} non-finite values; first at "
                                  f"index {where.tolist()} ({what})")
+            self.validate(name, a)
             out[name] = a
         return out
 
