@@ -8,13 +8,18 @@ from config (``[inference.routes.<model>]``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from core.config import Config
 from core.errors import ConfigError
 from core.inference import Route
+from core.streams import STATE_BUCKET
 
-__all__ = ["route_key", "config_route", "promote", "rollback", "decode_route", "encode_route"]
+__all__ = ["route_key", "config_route", "promote", "rollback", "decode_route", "encode_route", "current_route",
+           "update_route"]
 
 
 def route_key(model: str) -> str:
@@ -55,3 +60,25 @@ def rollback(route: Route) -> Route:
     if not route.previous:
         raise ConfigError("nothing to roll back to: no previous production version recorded")
     return msgspec.structs.replace(route, production=route.previous, previous=route.production)
+
+
+async def current_route(kv, cfg: Config, model: str) -> Route:
+    """The stored route of ``model``, else the configured one."""
+    try:
+        entry = await kv.get(route_key(model))
+    except KeyNotFoundError:
+        return config_route(cfg, model)
+    return decode_route(entry.value) if entry.value else config_route(cfg, model)
+
+
+async def update_route(js, cfg: Config, model: str, change: Callable[[Route], Route]) -> tuple[Route, Route]:
+    """Applies ``change`` to the current route of ``model`` and stores the result.
+
+    Returns:
+        ``(before, after)``.
+    """
+    kv = await js.key_value(STATE_BUCKET)
+    before = await current_route(kv, cfg, model)
+    after = change(before)
+    await kv.put(route_key(model), encode_route(after))
+    return before, after

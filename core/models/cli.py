@@ -1,4 +1,5 @@
-"""``tickmesh models``: train model versions into the Triton repository, list them.
+"""``tickmesh models``: train model versions into the Triton repository, list them, and route
+live traffic between versions (promote, rollback, canary, shadow) without restarting the mesh.
 
 Each trainable model is a module of `core.models` with ``add_arguments(parser)`` (its own
 options) and ``train(args, progress) -> metrics`` (writes ``<repo>/<name>/<version>/`` with
@@ -8,14 +9,17 @@ options) and ``train(args, progress) -> metrics`` (writes ``<repo>/<name>/<versi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
+import msgspec
+
 from core._progress import Progress
-from core.config import Config
+from core.config import Config, RouteConfig
 from core.errors import TickmeshError
 from core.models._repo import DEFAULT_REPO
 
@@ -53,6 +57,50 @@ def _list(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _route_cmd(args: argparse.Namespace, cfg: Config) -> int:
+    import nats
+
+    from core import routing, streams
+    from core._service import nats_url
+
+    def change(r):
+        if args.models_command == "promote":
+            return routing.promote(r, args.version)
+        if args.models_command == "rollback":
+            return routing.rollback(r)
+        given = {k: getattr(args, k) for k in ("production", "candidate", "canary_share", "shadow")
+                 if getattr(args, k) is not None}
+        fields = {**{k: getattr(r, k) for k in RouteConfig.__struct_fields__}, **given}
+        checked = msgspec.convert(fields, RouteConfig)  # validated as the config file's routes are
+        return routing.Route(**msgspec.structs.asdict(checked), previous=r.previous)
+
+    async def run() -> tuple:
+        nc = await nats.connect(nats_url(args.url, cfg), connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            await streams.ensure(js, cfg.streams, consumers=False)
+            return await routing.update_route(js, cfg, args.model, change)
+        finally:
+            await nc.close()
+
+    try:
+        before, after = asyncio.run(run())
+    except (TickmeshError, OSError, nats.errors.Error, msgspec.ValidationError) as exc:
+        print(f"tickmesh models {args.models_command}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.model}: {_describe(before)}  ->  {_describe(after)}")
+    return 0
+
+
+def _describe(r) -> str:
+    out = f"production v{r.production or 'latest'}"
+    if r.candidate:
+        out += f", candidate v{r.candidate} for {r.canary_share:.0%} of symbols"
+    if r.shadow:
+        out += f", shadow v{r.shadow}"
+    return out
+
+
 def register(sub) -> None:
     p = sub.add_parser("models", help="train and list the models served by Triton")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -70,3 +118,16 @@ def register(sub) -> None:
     ls = msub.add_parser("list", help="list model versions and whether they are trained")
     ls.add_argument("--repo", default=str(DEFAULT_REPO))
     ls.set_defaults(func=_list)
+    live = "; running inference workers switch at once"
+    pr = msub.add_parser("promote", help="make a version the production version" + live)
+    rb = msub.add_parser("rollback", help="return to the production version before the last promotion" + live)
+    rt = msub.add_parser("route", help="set production, canary candidate and share, shadow version" + live)
+    rt.add_argument("--production", type=int, help="production version (0: the highest loaded)")
+    rt.add_argument("--candidate", type=int, help="canary candidate version (0: none)")
+    rt.add_argument("--canary-share", type=float, help="share of symbols (0..1, stable hash) sent to the candidate")
+    rt.add_argument("--shadow", type=int, help="version asked too and only measured (0: none)")
+    for p in (pr, rb, rt):
+        p.add_argument("model", help="model name, e.g. forecast")
+        p.add_argument("--url", help="NATS url (default: from config)")
+        p.set_defaults(func=_route_cmd)
+    pr.add_argument("version", type=int, help="the version to promote")
