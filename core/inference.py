@@ -1,10 +1,10 @@
 """The inference client: micro-batched async gRPC to Triton, with deadlines, a circuit breaker,
 a rule-based fallback, and version routing (canary, A/B, shadow).
 
-Callers ask for one prediction at a time (one symbol's window); `MicroBatcher` gathers the
-requests of many symbols for the same (model, version) for up to ``window_ms`` or ``max_batch``
-rows and sends them as one Triton request, so Triton's dynamic batcher sees large batches even
-when every caller sends one row. A request that fails or passes its deadline counts against the
+Callers ask for one prediction at a time (one symbol's window); `MicroBatcher` sends a request at
+once when none is in flight for that (model, version), and otherwise gathers the requests of many
+symbols until the one in flight returns, ``window_ms`` passes or ``max_batch`` rows are waiting,
+then sends them as one Triton request: no added latency at low load, large batches at high load. A request that fails or passes its deadline counts against the
 model's `CircuitBreaker`; while it is open the caller gets the model's fallback at once, marked
 ``degraded``, and after ``breaker_open_s`` one probe goes through (half-open): success closes it.
 
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import deque
@@ -217,6 +218,7 @@ class MicroBatcher:
         self._tasks: set[asyncio.Task] = set()
         self._limits: dict[str, int] = {}
         self._limit_lock = asyncio.Lock()
+        self._inflight: dict[tuple[str, int], int] = {}
 
     async def _limit(self, model: str, deadline_s: float) -> int:
         """Rows per request: ``max_batch``, capped by the model's own ``max_batch_size``."""
@@ -241,7 +243,9 @@ class MicroBatcher:
         key = (model, version)
         queue = self._queues.setdefault(key, [])
         queue.append(slot)
-        if len(queue) >= limit:
+        # Nothing in flight: send at once (no window wait at low load); else gather until the
+        # request in flight returns, the window ends or the batch is full.
+        if len(queue) >= limit or not self._inflight.get(key):
             self._flush(key)
         elif key not in self._timers:
             self._timers[key] = loop.call_later(self.window_s, self._flush, key)
@@ -253,9 +257,16 @@ class MicroBatcher:
             timer.cancel()
         slots = self._queues.pop(key, [])
         if slots:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
             task = asyncio.get_running_loop().create_task(self._send(key, slots))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._sent, key))
+
+    def _sent(self, key: tuple[str, int], task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._inflight[key] -= 1
+        if self._queues.get(key):  # what gathered meanwhile goes now
+            self._flush(key)
 
     async def _send(self, key: tuple[str, int], slots: list[_Slot]) -> None:
         import tritonclient.grpc.aio as grpcclient

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -75,7 +76,8 @@ def _versions(packages: Sequence[str]) -> dict[str, str]:
 
 def save_version(path: Path, weights: Mapping[str, np.ndarray], *, seed: int, data: Sequence[str],
                  metrics: Mapping[str, object], extra: Mapping[str, object] | None = None) -> None:
-    """Writes ``weights.npz`` and ``card.json`` into a version directory (created if needed).
+    """Writes ``weights.npz`` and ``card.json`` into a version directory (created if needed; a
+    new version gets a copy of the newest version's ``model.py``).
 
     Args:
         path: the version directory (`version_dir`).
@@ -87,6 +89,12 @@ def save_version(path: Path, weights: Mapping[str, np.ndarray], *, seed: int, da
         extra: further card fields (architecture, labels, feature names).
     """
     path.mkdir(parents=True, exist_ok=True)
+    if not (path / "model.py").is_file():
+        # A new version serves with the newest existing version's code (it reads its weights).
+        code = sorted((p for p in path.parent.glob("*/model.py") if p.parent.name.isdigit()),
+                      key=lambda p: int(p.parent.name))
+        if code:
+            shutil.copy2(code[-1], path / "model.py")
     arrays = {k: np.asarray(v) for k, v in weights.items()}
     bad = [k for k, v in arrays.items() if v.dtype == object]
     if bad:
