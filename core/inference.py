@@ -230,8 +230,9 @@ class MicroBatcher:
         return self._limits[model]
 
     async def submit(self, model: str, version: int, inputs: Mapping[str, np.ndarray],
-                     deadline_s: float) -> dict[str, np.ndarray]:
-        """Outputs for one request (each input has a leading batch axis of 1).
+                     deadline_s: float) -> tuple[dict[str, np.ndarray], int]:
+        """Outputs for one request (each input has a leading batch axis of 1), and the version
+        that answered (``version`` 0 asks for the highest loaded one).
 
         Raises:
             tritonclient.utils.InferenceServerException: as the batch's request raised it.
@@ -286,7 +287,9 @@ class MicroBatcher:
             res = await asyncio.wait_for(
                 self.client.infer(model, inputs, model_version=str(version) if version else "",
                                   client_timeout=timeout_s), timeout_s + 0.05)
-            outputs = {o["name"]: res.as_numpy(o["name"]) for o in res.get_response(as_json=True)["outputs"]}
+            response = res.get_response(as_json=True)
+            outputs = {o["name"]: res.as_numpy(o["name"]) for o in response["outputs"]}
+            served = int(response.get("model_version") or version)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it, whatever it is
             for s in slots:
                 if not s.future.done():
@@ -298,7 +301,7 @@ class MicroBatcher:
         for s in slots:
             n = next(iter(s.inputs.values())).shape[0]
             if not s.future.done():
-                s.future.set_result({k: v[start:start + n] for k, v in outputs.items()})
+                s.future.set_result(({k: v[start:start + n] for k, v in outputs.items()}, served))
             start += n
 
     async def close(self) -> None:
@@ -410,7 +413,7 @@ class InferenceClient:
         if not breaker.allow():
             return self._fallback(model, inputs, stats, t0, f"circuit open for {model}")
         try:
-            outputs = await self._batcher.submit(model, version, inputs, self.deadline_s)
+            outputs, served = await self._batcher.submit(model, version, inputs, self.deadline_s)
         except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and grpc's errors
             stats.errors += 1
             if _is_caller_error(exc):
@@ -427,9 +430,9 @@ class InferenceClient:
         stats.ok += 1
         latency = time.perf_counter() - t0
         stats.latency(latency)
-        result = Result(model=model, version=version, role=role, outputs=outputs, latency_s=latency)
+        result = Result(model=model, version=served, role=role, outputs=outputs, latency_s=latency)
         shadow = self.router.route(model).shadow
-        if shadow and shadow != version:
+        if shadow and shadow != served:
             task = asyncio.get_running_loop().create_task(self._shadow(model, shadow, inputs, outputs))
             self._shadow_tasks.add(task)
             task.add_done_callback(self._shadow_tasks.discard)
@@ -447,7 +450,7 @@ class InferenceClient:
         stats.requests += 1
         t0 = time.perf_counter()
         try:
-            out = await self._batcher.submit(model, version, inputs, self.deadline_s)
+            out, _ = await self._batcher.submit(model, version, inputs, self.deadline_s)
         except Exception:  # noqa: BLE001 - a shadow's failure never reaches the caller
             stats.errors += 1
             return

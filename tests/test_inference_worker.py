@@ -19,6 +19,7 @@ from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS
 from core.natsserver import free_port
 from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, feat_msg_id
+from core.triton import PROJECT_ROOT
 from tests.conftest import shared_file
 from tests.test_worker import stream_messages, wait_until
 
@@ -155,3 +156,54 @@ async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):
     assert any("undecodable" in r or "expected" in r for r in reasons)
     # The window restarts after the NaN row: predictions resume once it is full of finite rows again.
     assert worker.stats.predictions > 0
+
+
+async def _direct(url: str, model: str, window: np.ndarray) -> dict[str, np.ndarray]:
+    import tritonclient.grpc.aio as grpcclient
+
+    async with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("FEATURES", [1, *window.shape], "FP64")
+        inp.set_data_from_numpy(window[None])
+        res = await client.infer(model, [inp])
+        return {o["name"]: res.as_numpy(o["name"]) for o in res.get_response(as_json=True)["outputs"]}
+
+
+@pytest.mark.timeout(400)
+async def test_real_triton_then_killed_then_back(nc, vectors, triton_server):
+    """Predictions from the shipped models; tritonserver killed mid-stream gives degraded ones;
+    back on the same ports, the circuit closes and real predictions resume by themselves."""
+    server = triton_server(PROJECT_ROOT / "triton_models", models=list(MODELS))
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    windows = expected_windows(vectors)
+    due = [i for i, v in enumerate(vectors) if (v.tf, v.venue, v.symbol, v.start_ns) in windows]
+    first, second = due[len(due) // 3], due[2 * len(due) // 3]
+    cfg = Config(inference=InferenceConfig(fetch_batch=20, deadline_ms=5000, breaker_failures=1, breaker_open_s=0.5))
+    worker = InferenceWorker(js, cfg, server.grpc_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await publish(js, vectors[:first])
+        await wait_until(lambda: _seen(worker, first), timeout_s=120)
+        server.kill()
+        await publish(js, vectors[first:second])
+        await wait_until(lambda: _seen(worker, second), timeout_s=120)
+        server.start()
+        await publish(js, vectors[second:])
+        await wait_until(lambda: _seen(worker, len(vectors)), timeout_s=120)
+    finally:
+        stop.set()
+        await task
+    got = predictions(await stream_messages(js, streams.PRED_STREAM))
+    assert set(got) == {(m, *k) for k in windows for m in MODELS}
+    position = {(v.tf, v.venue, v.symbol, v.start_ns): i for i, v in enumerate(vectors)}
+    order = sorted(got.values(), key=lambda p: (position[(p.tf, p.venue, p.symbol, p.start_ns)], p.model))
+    phases = [p.degraded for p in order]
+    assert not phases[0] and phases.count(True) > 0 and not phases[-1]  # real, degraded, real again
+    assert worker.stats.models["forecast:breaker"]["state"] == "closed"
+    last = order[-1]
+    key = (last.tf, last.venue, last.symbol, last.start_ns)
+    direct = await _direct(server.grpc_url, last.model, windows[key])
+    for name, arr in direct.items():
+        np.testing.assert_allclose(last.outputs[name], arr.astype(np.float64).ravel(), rtol=1e-12)
+    assert last.version == max(server.trained_versions(last.model)) and last.role == "production"
