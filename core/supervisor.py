@@ -112,15 +112,17 @@ class StatusLine:
         events_s = rate("edge", "events")
         bars_s = rate("worker", "bars")
         feats_s = rate("features", "vectors")
-        lag = sum(self._sum(cur, p, "lag") for p in ("worker", "features", "sink"))
-        dead = sum(self._sum(cur, p, "dead_letters") for p in ("edge", "worker", "features", "sink"))
+        preds_s = rate("inference", "predictions")
+        degraded = self._sum(cur, "inference", "degraded")
+        lag = sum(self._sum(cur, p, "lag") for p in ("worker", "features", "inference", "sink"))
+        dead = sum(self._sum(cur, p, "dead_letters") for p in ("edge", "worker", "features", "inference", "sink"))
         late = self._sum(cur, "worker", "late_trades")
         self._prev, self._prev_t = {k: dict(v) for k, v in cur.items()}, now
         health = " ".join(
             f"{c.name}:{'up' if c.proc and c.proc.poll() is None else 'DOWN'}"
             + (f"(r{c.restarts})" if c.restarts else "") for c in components)
         return (f"{time.strftime('%H:%M:%S')}  in {events_s:9,.0f} ev/s  bars {bars_s:6,.1f}/s  "
-                f"features {feats_s:6,.1f}/s  "
+                f"features {feats_s:6,.1f}/s  predictions {preds_s:6,.1f}/s (degraded {degraded:,d})  "
                 f"lag {lag:6,d}  dead letters {dead:,d}  late {late:,d}  [{health}]")
 
 
@@ -171,8 +173,12 @@ class Supervisor:
             for line in await streams.ensure(nc.jetstream(), self.cfg.streams):
                 print_fn(f"  {line}")
             await nc.subscribe("tickmesh.metrics.>", cb=self._on_metrics)
+            # Stopped in reverse: the edge first, the API (and its sink) last.
             self.components = [
                 Component("api", self._argv("api", "--url", self.url), self.log_dir),
+                *([Component("triton", self._argv("triton", "serve"), self.log_dir)] if not self.cfg.triton.url else []),
+                # Until Triton is READY (a few seconds) the predictions are the degraded fallback's.
+                Component("inference", self._argv("inference-worker", "--url", self.url), self.log_dir),
                 Component("features", self._argv("feature-worker", "--url", self.url), self.log_dir),
                 Component("worker", self._argv("worker", "--url", self.url), self.log_dir),
                 Component("edge", self._argv("collect", "--venue", self.venue, "--url", self.url),

@@ -49,6 +49,21 @@ class Up:
         return self.proc.wait(60)
 
 
+def triton_ports() -> dict[str, str]:
+    """Free ports for the embedded tritonserver, as environment overrides."""
+    return {f"TICKMESH_TRITON__{kind}_PORT": str(free_port()) for kind in ("GRPC", "HTTP", "METRICS")}
+
+
+def wait_for_text(path: Path, text: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{text!r} not in {path} after {timeout_s} s:\n"
+                + (path.read_text(errors="replace")[-3000:] if path.exists() else "(no file)"))
+
+
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
@@ -73,7 +88,7 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
     api_port = free_port()
     env = {**os.environ, "TICKMESH_DATA_DIR": str(tmp_path / "data"), "TICKMESH_API__PORT": str(api_port),
            "TICKMESH_NATS__PORT": str(free_port()), "TICKMESH_NATS__MONITOR_PORT": str(free_port()),
-           "TICKMESH_SIM__SYMBOLS": '["BTC-USD", "ETH-USD"]'}
+           "TICKMESH_SIM__SYMBOLS": '["BTC-USD", "ETH-USD"]', **triton_ports()}
     base = f"http://127.0.0.1:{api_port}"
     up = Up(env)
     try:
@@ -84,13 +99,18 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
         first = poll_json(bars_url, lambda bars: len(bars) >= 3)
         assert all(b["high"] >= max(b["open"], b["close"]) and b["n_trades"] > 0 for b in first)
         # One status line per second with the live figures.
-        up.wait_for(r"in +[1-9][\d,]* ev/s +bars +[\d.,]+/s +features +[1-9][\d.,]*/s +lag +[\d,]+ "
-                    r"+dead letters +\d+")
+        up.wait_for(r"in +[1-9][\d,]* ev/s +bars +[\d.,]+/s +features +[1-9][\d.,]*/s +predictions +[\d.,]+/s "
+                    r"\(degraded \d+\) +lag +[\d,]+ +dead letters +\d+")
         # every closed bar also gets its feature vector, served by the API
         feats = poll_json(f"{base}/api/features?venue=sim&symbol=BTC-USD&timeframe=1s&names=sma_10,rsi_14",
                           lambda d: len(d["rows"]) >= 16)
         assert feats["names"] == ["sma_10", "rsi_14"] and feats["rows"][-1][1][1] is not None
         assert get_json(f"{base}/health")["status"] == "ok"
+        # Triton serves every model and the inference worker runs (predictions need ~2 minutes of
+        # 1s bars to warm up; tests/test_inference_worker.py checks them).
+        triton_log = tmp_path / "data" / "logs" / "triton.log"
+        wait_for_text(triton_log, "tritonserver READY: anomaly, forecast, market, regime, sentiment")
+        up.wait_for(r"\[api:up triton:up inference:up features:up worker:up edge:up\]")
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
         assert "lightweight-charts" in page
 
@@ -135,7 +155,7 @@ def test_up_refuses_a_taken_api_port_with_a_clear_message(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "TICKMESH_DATA_DIR": str(tmp_path), "TICKMESH_API__PORT": str(port)}
+        env = {**os.environ, "TICKMESH_DATA_DIR": str(tmp_path), "TICKMESH_API__PORT": str(port), **triton_ports()}
         done = subprocess.run([sys.executable, "-m", "core.cli", "up"], cwd=ROOT, env=env, text=True,
                               capture_output=True, timeout=60)
     assert done.returncode == 2
