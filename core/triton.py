@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -245,8 +246,12 @@ class TritonServer:
                    deadline or time.monotonic() + 60, f"to report {model!r} READY")
 
     def trained_versions(self, model: str) -> list[int]:
-        """Version directories of ``model`` holding ``weights.npz`` (what `load` serves)."""
-        return sorted(int(p.parent.name) for p in (self.repo / model).glob("*/weights.npz") if p.parent.name.isdigit())
+        """Version directories of ``model`` holding ``weights.npz`` (what `load` serves); every
+        version of a model whose config says ``parameters { key: "weights" value: "none" }``."""
+        base = self.repo / model
+        if re.search(r'key:\s*"weights"\s+value:\s*{\s*string_value:\s*"none"', (base / "config.pbtxt").read_text()):
+            return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "model.py").is_file())
+        return sorted(int(p.parent.name) for p in base.glob("*/weights.npz") if p.parent.name.isdigit())
 
     def _load_config(self, model: str) -> dict:
         """config.pbtxt as Triton's JSON, limited to trained versions, instance kind applied.
