@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from core.config import Config, load_config
@@ -34,3 +36,12 @@ def test_bad_config_names_the_problem(tmp_path, text, env, match):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml", env={})
+
+
+def test_readme_example_is_a_valid_config(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "tickmesh.toml"
+    path.write_text(example)
+    cfg = load_config(path, env={})
+    assert cfg.triton.grpc_port == 8001 and cfg.inference.routes["forecast"].production == 0

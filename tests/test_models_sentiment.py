@@ -234,7 +234,7 @@ def test_train_writes_both_versions_with_metrics(trained_repo, phrasebank):
     texts, labels, train_idx, test_idx = phrasebank
     assert steps[-1][0] == steps[-1][1]  # the progress line reached its total
     card = load_card(repo / "sentiment" / "2")
-    assert card["data"] == [{"path": str(shared_file(PHRASEBANK)), "sha256": file_sha256(shared_file(PHRASEBANK))}]
+    assert card["data"] == [{"path": shared_file(PHRASEBANK).name, "sha256": file_sha256(shared_file(PHRASEBANK))}]
     assert card["seed"] == 0 and card["metrics"]["n_test"] == test_idx.size
     f1 = metrics[2]["macro_f1"]
     # Held-out macro-F1: both models far above the majority class.
