@@ -8,6 +8,7 @@ import asyncio
 import msgspec
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as grpcclient
 
 from core import streams, subjects
 from core.config import Config, InferenceConfig, StreamsConfig
@@ -159,8 +160,6 @@ async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):
 
 
 async def _direct(url: str, model: str, window: np.ndarray) -> dict[str, np.ndarray]:
-    import tritonclient.grpc.aio as grpcclient
-
     async with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput("FEATURES", [1, *window.shape], "FP64")
         inp.set_data_from_numpy(window[None])
@@ -207,3 +206,9 @@ async def test_real_triton_then_killed_then_back(nc, vectors, triton_server):
     for name, arr in direct.items():
         np.testing.assert_allclose(last.outputs[name], arr.astype(np.float64).ravel(), rtol=1e-12)
     assert last.version == max(server.trained_versions(last.model)) and last.role == "production"
+    # The worker's requests of many symbols reached the model in batches larger than one.
+    async with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = (await client.get_inference_statistics("forecast", as_json=True))["model_stats"]
+    executions = sum(int(s.get("execution_count", 0)) for s in stats)
+    inferences = sum(int(s.get("inference_count", 0)) for s in stats)
+    assert 0 < executions < inferences
