@@ -38,6 +38,7 @@ __all__ = [
     "PROJECT_ROOT",
     "DEFAULT_RUNTIME_VENV",
     "repository_models",
+    "served_versions",
     "prepare_runtime",
     "prepare_backend",
     "TritonServer",
@@ -53,6 +54,15 @@ _STAMP = ".tickmesh-requirements.sha256"
 def repository_models(repo: str | os.PathLike) -> list[str]:
     """The models of a repository: its directories holding a config.pbtxt, sorted."""
     return sorted(p.parent.name for p in Path(repo).glob("*/config.pbtxt"))
+
+
+def served_versions(repo: str | os.PathLike, model: str) -> list[int]:
+    """Version directories of ``model`` holding ``weights.npz``; every version (with a model.py)
+    of a model whose config says ``parameters { key: "weights" value: { string_value: "none" } }``."""
+    base = Path(repo) / model
+    if re.search(r'key:\s*"weights"\s+value:\s*{\s*string_value:\s*"none"', (base / "config.pbtxt").read_text()):
+        return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "model.py").is_file())
+    return sorted(int(p.parent.name) for p in base.glob("*/weights.npz") if p.parent.name.isdigit())
 
 
 def _venv_python(venv: Path) -> Path:
@@ -246,12 +256,8 @@ class TritonServer:
                    deadline or time.monotonic() + 60, f"to report {model!r} READY")
 
     def trained_versions(self, model: str) -> list[int]:
-        """Version directories of ``model`` holding ``weights.npz`` (what `load` serves); every
-        version of a model whose config says ``parameters { key: "weights" value: "none" }``."""
-        base = self.repo / model
-        if re.search(r'key:\s*"weights"\s+value:\s*{\s*string_value:\s*"none"', (base / "config.pbtxt").read_text()):
-            return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "model.py").is_file())
-        return sorted(int(p.parent.name) for p in base.glob("*/weights.npz") if p.parent.name.isdigit())
+        """The versions of ``model`` that `load` serves (`served_versions`)."""
+        return served_versions(self.repo, model)
 
     def _load_config(self, model: str) -> dict:
         """config.pbtxt as Triton's JSON, limited to trained versions, instance kind applied.

@@ -4,6 +4,7 @@ running inference worker through the KV bucket, without a restart."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,16 @@ async def _production(worker, model: str, version: int) -> bool:
 
 async def _matches(worker, model: str, route: Route) -> bool:
     return worker.router.route(model) == route
+
+
+def test_models_list_says_which_versions_are_served(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "triton_models", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "forecast" / "3").mkdir()
+    shutil.copy(repo / "forecast" / "2" / "model.py", repo / "forecast" / "3" / "model.py")  # not trained
+    done = subprocess.run([sys.executable, "-m", "core.cli", "models", "list", "--repo", str(repo)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = {tuple(line.split()[:3]) for line in done.stdout.splitlines()}
+    assert {("forecast", "v1", "served"), ("forecast", "v2", "served"), ("forecast", "v3", "untrained"),
+            ("market", "v1", "served"), ("sentiment", "v1", "served")} <= rows

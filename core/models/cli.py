@@ -46,13 +46,15 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _list(args: argparse.Namespace, cfg: Config) -> int:
+    from core.triton import repository_models, served_versions
+
     repo = Path(args.repo)
-    for model in sorted(p.parent.name for p in repo.glob("*/config.pbtxt")):
-        versions = sorted((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        for v in versions:
+    for model in repository_models(repo):
+        served = served_versions(repo, model)
+        for v in sorted((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
             card = v / "card.json"
-            state = "trained" if (v / "weights.npz").is_file() or not (v / "model.py").is_file() else "no weights"
             info = json.loads(card.read_text()) if card.is_file() else {}
+            state = "served" if int(v.name) in served else "untrained"
             print(f"{model:<10} v{v.name:<3} {state:<10} {info.get('architecture', '')} {info.get('created_utc', '')}")
     return 0
 
