@@ -1,0 +1,303 @@
+"""The decision engine: named rules over features and the models' outputs, combined by weighted
+voting whose weights follow each source's realized accuracy.
+
+Every step takes one bar close for many symbols at once (rows of NumPy arrays); nothing loops
+over symbols. Each *source* votes a score in [-1, 1] per row (+1 strongly up, -1 strongly down,
+0 no view; NaN when its inputs are missing, which leaves it out of that row's vote):
+
+- ``trend``: the sign of EMA(12) − EMA(26), gated by trend strength: × clip((ADX(14) − 20) / 20, 0, 1).
+- ``momentum``: clip((RSI(14) − 50) / 20, −1, 1).
+- ``mean_reversion``: outside the Bollinger bands (20, 2): %b = (price − lower) / (upper − lower);
+  below the lower band +clip(−4 %b, 0, 1), above the upper −clip(4 (%b − 1), 0, 1), else 0.
+- ``breakout``: +1 at a new 20-bar high (price ≥ Donchian upper), −1 at a new low, else 0.
+- ``forecast``: 2 P(up) − 1 of the forecast model's first horizon.
+- ``sentiment``: P(positive) − P(negative) of the symbol's recent news, when there is any.
+
+The vote is S = Σ wᵢ sᵢ / Σ wᵢ over the sources with a view (finite score); BUY when
+S ≥ ``threshold``, SELL when S ≤ −``threshold``, else HOLD. A source's contribution is
+wᵢ sᵢ / Σ wᵢ. Two inputs are not directional and act on the decision instead: an anomaly flag
+vetoes a new position (HOLD, reason "anomaly"), and the regime scales the position size
+(``regime_size``: calm 1, normal 1, turbulent 0.5).
+
+Confidence (0–100) is the probability that the action is right, read from a calibration table
+(`Calibration`) fitted on a replay: |S| in bins → the hit rate observed there. Until one is
+fitted the mapping is the uncalibrated 50 + 50 |S|, and the signal says so.
+
+Weights (documented update rule, bounded, persisted): each source keeps an exponentially weighted
+hit rate aᵢ (start 0.5) of its non-zero votes against the sign of the next bar's log return; after
+a bar with m scored votes and hit share h, aᵢ ← aᵢ + (1 − (1 − λ)^m)(h − aᵢ), λ = ``learning_rate``
+(0.02 per vote). The weight is wᵢ = clip(1 + 4 (aᵢ − 0.5), ``weight_min``, ``weight_max``): a
+source right 60% of the time gets 1.4, one right 40% gets 0.6, a coin gets 1. User feedback moves
+aᵢ the same way (`DecisionEngine.feedback`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from core.errors import ConfigError
+
+__all__ = [
+    "SOURCES",
+    "RULE_FEATURES",
+    "VETO_REASONS",
+    "DecisionSettings",
+    "Calibration",
+    "Decisions",
+    "DecisionEngine",
+    "BUY",
+    "SELL",
+    "HOLD",
+]
+
+BUY, SELL, HOLD = 1, -1, 0
+SOURCES: tuple[str, ...] = ("trend", "momentum", "mean_reversion", "breakout", "forecast", "sentiment")
+# The features each rule reads (the evidence a signal cites).
+RULE_FEATURES: dict[str, tuple[str, ...]] = {
+    "trend": ("ema_12", "ema_26", "adx_14"),
+    "momentum": ("rsi_14",),
+    "mean_reversion": ("bbands_20_2_2_0.upperband", "bbands_20_2_2_0.lowerband"),
+    "breakout": ("donchian_20.upper", "donchian_20.lower"),
+}
+_REGIMES = ("calm", "normal", "turbulent")
+VETO_REASONS: tuple[str, ...] = ("", "no view", "anomaly")
+
+
+class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How votes become actions.
+
+    Attributes:
+        threshold: |S| needed for BUY or SELL.
+        learning_rate: λ of the hit-rate update, per scored vote.
+        weight_min, weight_max: bounds of every weight.
+        base_weights: starting multiplier per source (1 when absent); 0 turns a source off.
+        regime_size: position-size factor per regime label.
+        anomaly_veto: an anomaly flag turns the action into HOLD.
+    """
+
+    threshold: float = 0.15
+    learning_rate: float = 0.02
+    weight_min: float = 0.25
+    weight_max: float = 2.0
+    base_weights: dict[str, float] = {}
+    regime_size: dict[str, float] = msgspec.field(default_factory=lambda: {"calm": 1.0, "normal": 1.0,
+                                                                           "turbulent": 0.5})
+    anomaly_veto: bool = True
+
+
+class Calibration(msgspec.Struct, frozen=True):
+    """|S| bin edges and the hit rate (0..1) observed in each bin on a replay."""
+
+    edges: list[float]
+    hit_rate: list[float]
+    counts: list[int]
+
+    @classmethod
+    def fit(cls, strength: np.ndarray, hit: np.ndarray, bins: int = 10, min_count: int = 20) -> "Calibration":
+        """Hit rate per quantile bin of |S|, made non-decreasing (pool-adjacent-violators), so a
+        stronger vote never reads as less confident."""
+        strength, hit = np.asarray(strength, dtype=np.float64), np.asarray(hit, dtype=np.float64)
+        if strength.size < min_count:
+            raise ConfigError(f"{strength.size} scored signals are too few to calibrate (need {min_count})")
+        edges = np.unique(np.quantile(strength, np.linspace(0, 1, bins + 1)))
+        idx = np.clip(np.searchsorted(edges, strength, side="right") - 1, 0, len(edges) - 2)
+        counts = np.bincount(idx, minlength=len(edges) - 1).astype(np.float64)
+        rate = np.bincount(idx, weights=hit, minlength=len(edges) - 1) / np.maximum(counts, 1)
+        # Pool adjacent violators: merge bins until the rates do not decrease.
+        blocks = [[r, c, 1] for r, c in zip(rate, counts)]
+        merged: list[list[float]] = []
+        for b in blocks:
+            merged.append(b)
+            while len(merged) > 1 and merged[-2][0] > merged[-1][0]:
+                r2, c2, k2 = merged.pop()
+                r1, c1, k1 = merged.pop()
+                c = c1 + c2
+                merged.append([(r1 * c1 + r2 * c2) / c if c else (r1 + r2) / 2, c, k1 + k2])
+        rate_mono = np.concatenate([[r] * int(k) for r, _, k in merged])
+        return cls(edges.tolist(), rate_mono.tolist(), counts.astype(int).tolist())
+
+    def __call__(self, strength: np.ndarray) -> np.ndarray:
+        edges = np.asarray(self.edges)
+        idx = np.clip(np.searchsorted(edges, strength, side="right") - 1, 0, len(self.hit_rate) - 1)
+        return np.asarray(self.hit_rate)[idx]
+
+
+class Decisions(msgspec.Struct, kw_only=True):
+    """One step's result, one entry per row.
+
+    Attributes:
+        action: int8, BUY 1, SELL -1, HOLD 0.
+        score: S, the weighted vote in [-1, 1] (NaN when no source had a view).
+        confidence: 0..100, the calibrated probability that the action is right.
+        votes: (n, len(SOURCES)) each source's score (NaN: no view).
+        contributions: (n, len(SOURCES)) wᵢ sᵢ / Σ wᵢ.
+        veto: int8 per row, an index into `VETO_REASONS`: why the action is HOLD (0: no veto).
+        size_factor: regime's size multiplier.
+        calibrated: whether confidence came from a fitted table.
+    """
+
+    action: np.ndarray
+    score: np.ndarray
+    confidence: np.ndarray
+    votes: np.ndarray
+    contributions: np.ndarray
+    veto: np.ndarray
+    size_factor: np.ndarray
+    calibrated: bool
+
+
+def _col(features: np.ndarray, index: Mapping[str, int], name: str) -> np.ndarray:
+    j = index.get(name)
+    return features[:, j] if j is not None else np.full(features.shape[0], np.nan)
+
+
+class DecisionEngine:
+    """Votes for many symbols per bar close; learns each source's weight from realized returns.
+
+    Args:
+        names: the feature layout of the ``features`` arrays (`core.features.featureset.FeatureSet.names`).
+        settings: thresholds, learning rate, bounds.
+        calibration: a fitted `Calibration` (None: the uncalibrated mapping).
+    """
+
+    def __init__(self, names: Sequence[str], settings: DecisionSettings | None = None,
+                 calibration: Calibration | None = None) -> None:
+        self.settings = settings or DecisionSettings()
+        unknown = sorted(set(self.settings.base_weights) - set(SOURCES))
+        if unknown:
+            raise ConfigError(f"base_weights for unknown sources {unknown}; sources: {list(SOURCES)}")
+        self.index = {n: i for i, n in enumerate(names)}
+        self.calibration = calibration
+        self.hit_rate = np.full(len(SOURCES), 0.5)
+        self.base = np.array([self.settings.base_weights.get(s, 1.0) for s in SOURCES])
+        # Per row (a symbol's series): the last bar's votes and price, scored when its next bar
+        # arrives. Rows are allocated by `grow`, as the feature engine's are.
+        self._prev_votes = np.full((0, len(SOURCES)), np.nan)
+        self._prev_price = np.full(0, np.nan)
+
+    @property
+    def rows(self) -> int:
+        return int(self._prev_price.shape[0])
+
+    def grow(self, n: int) -> np.ndarray:
+        """Adds ``n`` rows (new series) and returns their indices."""
+        start = self.rows
+        self._prev_votes = np.concatenate([self._prev_votes, np.full((n, len(SOURCES)), np.nan)])
+        self._prev_price = np.concatenate([self._prev_price, np.full(n, np.nan)])
+        return np.arange(start, start + n)
+
+    def __repr__(self) -> str:
+        w = ", ".join(f"{s}={x:.2f}" for s, x in zip(SOURCES, self.weights))
+        return f"DecisionEngine(threshold={self.settings.threshold}, weights=({w}))"
+
+    @property
+    def weights(self) -> np.ndarray:
+        s = self.settings
+        return self.base * np.clip(1.0 + 4.0 * (self.hit_rate - 0.5), s.weight_min, s.weight_max)
+
+    def votes(self, features: np.ndarray, price: np.ndarray, p_up: np.ndarray | None = None,
+              sentiment: np.ndarray | None = None) -> np.ndarray:
+        """Each source's score per row, (n, len(SOURCES)); NaN where it has no view."""
+        f, ix = features, self.index
+        n = f.shape[0]
+        out = np.full((n, len(SOURCES)), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ema_fast, ema_slow, adx = (_col(f, ix, c) for c in RULE_FEATURES["trend"])
+            out[:, 0] = np.sign(ema_fast - ema_slow) * np.clip((adx - 20.0) / 20.0, 0.0, 1.0)
+            out[:, 1] = np.clip((_col(f, ix, "rsi_14") - 50.0) / 20.0, -1.0, 1.0)
+            upper, lower = (_col(f, ix, c) for c in RULE_FEATURES["mean_reversion"])
+            width = upper - lower
+            pb = (price - lower) / np.where(width > 0, width, np.nan)
+            out[:, 2] = np.where(pb < 0, np.clip(-4.0 * pb, 0.0, 1.0),
+                                 np.where(pb > 1, -np.clip(4.0 * (pb - 1.0), 0.0, 1.0), np.where(np.isnan(pb), np.nan, 0.0)))
+            hi, lo = (_col(f, ix, c) for c in RULE_FEATURES["breakout"])
+            out[:, 3] = np.where(price >= hi, 1.0, np.where(price <= lo, -1.0, 0.0))
+            out[:, 3] = np.where(np.isfinite(hi) & np.isfinite(lo) & np.isfinite(price), out[:, 3], np.nan)
+        if p_up is not None:
+            out[:, 4] = 2.0 * np.asarray(p_up, dtype=np.float64) - 1.0
+        if sentiment is not None:  # (n, 3): negative, neutral, positive
+            s = np.asarray(sentiment, dtype=np.float64)
+            out[:, 5] = s[:, 2] - s[:, 0]
+        out[:, self.base == 0] = np.nan
+        return out
+
+    def step(self, rows: np.ndarray, features: np.ndarray, price: np.ndarray, *,
+             p_up: np.ndarray | None = None, sentiment: np.ndarray | None = None,
+             anomaly: np.ndarray | None = None, regime: np.ndarray | None = None) -> Decisions:
+        """One bar close for ``rows`` (indices from `grow`, each row one symbol's series).
+
+        The previous bar's votes of each row are scored against this bar's price first (the
+        weight update), then this bar's votes are taken.
+
+        Args:
+            rows: (n,) row indices, distinct, in the order of the arrays.
+            features: (n, len(names)) feature values.
+            price: (n,) close prices.
+            p_up: (n,) forecast P(up) at the first horizon (None: no forecast).
+            sentiment: (n, 3) sentiment probabilities (None: no news).
+            anomaly: (n,) bool anomaly flags (None: none).
+            regime: (n,) int regime labels 0 calm, 1 normal, 2 turbulent (None: size factor 1).
+        """
+        price = np.asarray(price, dtype=np.float64)
+        rows = np.asarray(rows, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.learn(self._prev_votes[rows], np.log(price / self._prev_price[rows]))
+        v = self.votes(np.asarray(features, dtype=np.float64), price, p_up, sentiment)
+        w = self.weights
+        has = np.isfinite(v)
+        wsum = (has * w).sum(axis=1)
+        contrib = np.where(has, v * w, 0.0) / np.where(wsum > 0, wsum, np.nan)[:, None]
+        score = contrib.sum(axis=1)
+        score = np.where(wsum > 0, score, np.nan)
+        t = self.settings.threshold
+        action = np.where(score >= t, BUY, np.where(score <= -t, SELL, HOLD)).astype(np.int8)
+        veto = np.where(np.isfinite(score), 0, VETO_REASONS.index("no view")).astype(np.int8)
+        if anomaly is not None and self.settings.anomaly_veto:
+            flagged = np.asarray(anomaly, dtype=bool) & (action != HOLD)
+            action[flagged] = HOLD
+            veto[flagged] = VETO_REASONS.index("anomaly")
+        strength = np.abs(np.nan_to_num(score))
+        conf = (self.calibration(strength) if self.calibration else 0.5 + 0.5 * strength) * 100.0
+        size = np.ones(len(price))
+        if regime is not None:
+            factors = np.array([self.settings.regime_size.get(r, 1.0) for r in _REGIMES])
+            size = factors[np.clip(np.asarray(regime, dtype=np.int64), 0, len(_REGIMES) - 1)]
+        self._prev_votes[rows] = v
+        self._prev_price[rows] = price
+        return Decisions(action=action, score=score, confidence=conf, votes=v, contributions=np.nan_to_num(contrib),
+                         veto=veto, size_factor=size, calibrated=self.calibration is not None)
+
+    def learn(self, votes: np.ndarray, realized: np.ndarray) -> None:
+        """Updates each source's hit rate from votes (m, sources) and the returns that followed (m,).
+
+        Only non-zero finite votes against a non-zero finite return count.
+        """
+        direction = np.sign(realized)[:, None]
+        scored = np.isfinite(votes) & (votes != 0) & np.isfinite(direction) & (direction != 0)
+        m = scored.sum(axis=0)
+        hits = (scored & (np.sign(votes) == direction)).sum(axis=0)
+        upd = m > 0
+        share = np.where(upd, hits / np.maximum(m, 1), 0.0)
+        step = 1.0 - (1.0 - self.settings.learning_rate) ** m
+        self.hit_rate = np.where(upd, self.hit_rate + step * (share - self.hit_rate), self.hit_rate)
+
+    def feedback(self, votes: np.ndarray, action: int, agreed: bool) -> None:
+        """A user's verdict on one signal: ``agreed`` (executed it) counts as the market moving the
+        signal's way, dismissing it as the market moving against; each voting source's hit rate
+        moves as `learn` moves it for one scored bar."""
+        direction = float(action) if agreed else -float(action)
+        if direction:
+            self.learn(np.asarray(votes, dtype=np.float64)[None, :], np.array([direction]))
+
+    def snapshot(self) -> bytes:
+        """Hit rates and each row's pending votes, to survive a restart."""
+        return msgspec.msgpack.encode([self.hit_rate.tolist(), self._prev_votes.tobytes(), self._prev_price.tobytes()])
+
+    def restore(self, data: bytes) -> None:
+        hit, votes, price = msgspec.msgpack.decode(data)
+        self.hit_rate = np.asarray(hit, dtype=np.float64)
+        self._prev_price = np.frombuffer(price, dtype=np.float64).copy()
+        self._prev_votes = np.frombuffer(votes, dtype=np.float64).reshape(-1, len(SOURCES)).copy()
