@@ -139,7 +139,7 @@ class FeatureWorker(SnapshotWorker):
         data = values.astype("<f8", copy=False)
         for bar, row, parent in zip(bars, data, parents):
             vec = FeatureVector(bar.venue, bar.symbol, bar.tf, bar.start_ns, self._names, row.tobytes(),
-                                self.fs.digest, bar.last_recv_ns)
+                                self.fs.digest, bar.last_recv_ns, bar.close)
             key = (bar.tf, bar.venue, bar.symbol)
             subject = self._subjects.get(key) or self._subjects.setdefault(key, subjects.feat(*key))
             await self._out.publish(subject, self._codec.encode(vec), {

@@ -198,6 +198,8 @@ class FeatureVector(msgspec.Struct, array_like=True, frozen=True, tag="feat"):
     digest: str = ""
     # Receive time of the newest trade of the bar: lets consumers measure edge-to-feature latency.
     last_recv_ns: int = 0
+    # The bar's close: the price a decision taken on this vector refers to (NaN: unknown).
+    close: float = float("nan")
 
     def array(self) -> np.ndarray:
         """The values as a read-only float64 array.

@@ -178,6 +178,9 @@ async def test_worker_publishes_vectors_and_dead_letters_bad_input(nc, bars, fs,
     assert np.isnan(got.pop((bad.venue, bad.symbol, bad.tf, bad.start_ns))).all()  # published, all NaN
     want = dict(uninterrupted)
     assert_same({k: got[k] for k in want}, want)
+    closes = {(v.venue, v.symbol, v.tf, v.start_ns): v.close
+              for v in map(CODEC.decode, [m.data for m in await stream_messages(js, streams.FEAT_STREAM)])}
+    assert all(closes[(b.venue, b.symbol, b.tf, b.start_ns)] == b.close for b in bars)  # the price decisions use
     letters = [CODEC.decode(m.data) for m in await stream_messages(js, streams.DLQ_STREAM)]
     assert sorted(type(x).__name__ + ":" + x.stage for x in letters) == ["DeadLetter:features"] * 2
     assert any("refused" in x.reason for x in letters) and any("undecodable" in x.reason for x in letters)
