@@ -7,55 +7,33 @@ good (that is `core.models.anomaly.evaluate`'s job, reported with its figures).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.errors import DataFileError, ModelError
-from core.features.barfile import BarSeries, load_bars
-from core.models._repo import file_sha256
+from core.models._repo import file_sha256, load_weights
 from core.models import anomaly as an
 from core.models.data import MODEL_FEATURES, feature_matrix, sliding_windows, synthetic_bars, walk_forward
-from tests.conftest import shared_file
+from tests._models import MODELS, head_csv, infer_windows, recorded_bars, runtime_module, served_repo, train_args
 
-PROJECT = Path(__file__).resolve().parents[1]
-MODELS = PROJECT / "triton_models"
 SMALL = {"n_trees": 20, "epochs": 3}
-
-
-def _runtime_anomaly():
-    """triton_models/_runtime/anomaly.py, imported by path as tritonserver's model.py does."""
-    spec = importlib.util.spec_from_file_location("anomaly_runtime", MODELS / "_runtime" / "anomaly.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rt = _runtime_anomaly()
-
-
-def _series(name: str, start: int, stop: int) -> BarSeries:
-    series = load_bars(shared_file(f"bars/{name}"))[0]
-    cols = {k: v[start:stop] for k, v in series.columns.items()}
-    return BarSeries(name=f"{series.name}[{start}:{stop}]", columns=cols, tf=series.tf)
+rt = runtime_module("anomaly")
 
 
 @pytest.fixture(scope="module")
 def btc_windows() -> np.ndarray:
     """Windows of 3,000 real BTC-perp minutes."""
-    return sliding_windows(feature_matrix(_series("btc_perp_1m_2022-01.csv", 5_000, 8_000)))[1]
+    return sliding_windows(feature_matrix(recorded_bars("btc_perp_1m_2022-01.csv", 5_000, 8_000)))[1]
 
 
 @pytest.fixture(scope="module")
 def eurusd_windows() -> np.ndarray:
     """200 windows of real EUR/USD hours."""
-    return sliding_windows(feature_matrix(_series("eurusd_1h_2017-2018.csv", 3_000, 3_300)))[1][:200]
+    return sliding_windows(feature_matrix(recorded_bars("eurusd_1h_2017-2018.csv", 3_000, 3_300)))[1][:200]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +101,7 @@ def test_training_is_deterministic(btc_windows):
 
 
 def test_injections_change_only_what_they_say():
-    series = _series("eurusd_1h_2017-2018.csv", 0, 1_200)
+    series = recorded_bars("eurusd_1h_2017-2018.csv", 0, 1_200)
     before = {k: v.copy() for k, v in series.columns.items()}
     injected, pos, kinds = an.inject_anomalies(series, 600, seed=2, every_bars=50)
     for k, v in series.columns.items():
@@ -152,7 +130,7 @@ def test_injections_change_only_what_they_say():
 
 
 def test_walk_forward_evaluation_on_real_bars():
-    series = _series("eurusd_1h_2017-2018.csv", 1_000, 3_000)
+    series = recorded_bars("eurusd_1h_2017-2018.csv", 1_000, 3_000)
     res = an.evaluate([series], seed=1, folds=2, fit_options=SMALL)[series.name]
     # Recompute the baseline from scratch: same injections, same splits, its own threshold per fold.
     injected, pos, kinds = an.inject_anomalies(series, list(walk_forward(len(series), 2))[0][1].start, seed=1,
@@ -178,40 +156,19 @@ def test_walk_forward_evaluation_on_real_bars():
     assert set(m["recall_by_kind"]) == set(an.INJECTION_KINDS)
 
 
-def _train_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
-    repo = tmp_path / "repo"
-    (repo / "anomaly").mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODELS / "anomaly" / "config.pbtxt", repo / "anomaly" / "config.pbtxt")
-    p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(repo))
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    an.add_arguments(p)
-    return p.parse_args(list(argv))
-
-
-def _head_csv(tmp_path: Path, name: str, rows: int) -> Path:
-    """The first ``rows`` bars of a recorded file as a CSV of its own (a test input, not shipped)."""
-    lines = shared_file(f"bars/{name}").read_text().splitlines()[:rows + 1]
-    out = tmp_path / f"head_{name}"
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 @pytest.mark.parametrize("source", ["data", "synthetic"])
 def test_train_command_writes_a_version(tmp_path, source, btc_windows):
     if source == "data":
-        csv = _head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 1_500)
-        args = _train_args(tmp_path, "--data", str(csv), "--trees", "10", "--epochs", "2", "--version", "2",
-                           "--seed", "7")
+        csv = head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 1_500)
+        args = train_args(tmp_path, an, "--data", str(csv), "--trees", "10", "--epochs", "2", "--version", "2",
+                          "--seed", "7")
     else:
-        args = _train_args(tmp_path, "--synthetic", "1500", "--trees", "10", "--epochs", "2", "--seed", "7")
+        args = train_args(tmp_path, an, "--synthetic", "1500", "--trees", "10", "--epochs", "2", "--seed", "7")
     seen = []
     metrics = an.train(args, lambda done, total, note="": seen.append((done, total, note)))
     vdir = Path(args.repo) / "anomaly" / str(args.version)
     assert [note.startswith("autoencoder mse") for _, _, note in seen] == [True, True], "a progress line per epoch"
-    with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
+    weights = load_weights(vdir)
     assert weights["feature_names"].tolist() == list(MODEL_FEATURES)
     assert len(weights["tree_root"]) == 10
     card = json.loads((vdir / "card.json").read_text())
@@ -238,9 +195,9 @@ def test_bad_inputs_get_clear_errors(tmp_path, model, btc_windows):
     with pytest.raises(ModelError, match="at least 100"):
         an.fit(btc_windows[:50], seed=0)
     with pytest.raises(DataFileError, match="no_such_bars.csv"):
-        an.train(_train_args(tmp_path, "--data", str(tmp_path / "no_such_bars.csv")), lambda *a: None)
+        an.train(train_args(tmp_path, an, "--data", str(tmp_path / "no_such_bars.csv")), lambda *a: None)
     with pytest.raises(ModelError, match="at least 500"):
-        an.train(_train_args(tmp_path, "--synthetic", "100"), lambda *a: None)
+        an.train(train_args(tmp_path, an, "--synthetic", "100"), lambda *a: None)
 
 
 def _scalar_forest(weights: dict, z: np.ndarray) -> np.ndarray:
@@ -266,8 +223,7 @@ def test_shipped_version_loads_and_behaves(btc_windows):
     card = json.loads((vdir / "card.json").read_text())
     # Shipped weights are trained on our own synthetic bars only, never on ../shared/data.
     assert all("description" in d and d["description"].startswith("synthetic_bars(") for d in card["data"])
-    with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
+    weights = load_weights(vdir)
     params = rt.AnomalyParams(weights, np)
     x = btc_windows[:30]
     zs = np.clip((rt.anomaly_vector(np, x) - weights["center"]) / weights["scale"], -10, 10)
@@ -293,40 +249,22 @@ def test_shipped_version_loads_and_behaves(btc_windows):
 # The real tritonserver
 
 
-def _served_repo(tmp_path: Path, model: an.AnomalyModel) -> Path:
-    """A temp repository: anomaly v1 fitted here on real bars, v2 the shipped weights."""
-    repo = tmp_path / "models"
-    shutil.copytree(MODELS / "_runtime", repo / "_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "anomaly").mkdir()
-    shutil.copy(MODELS / "anomaly" / "config.pbtxt", repo / "anomaly" / "config.pbtxt")
-    v1, v2 = repo / "anomaly" / "1", repo / "anomaly" / "2"
-    v1.mkdir()
-    shutil.copy(MODELS / "anomaly" / "1" / "model.py", v1 / "model.py")
-    np.savez(v1 / "weights.npz", **an.export_weights(model))
-    shutil.copytree(MODELS / "anomaly" / "1", v2, ignore=shutil.ignore_patterns("__pycache__"))
-    return repo
-
-
 async def test_triton_serves_the_reference_forward(tmp_path, triton_server, model, btc_windows, eurusd_windows):
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    repo = _served_repo(tmp_path, model)
+    # v1 fitted here on real bars, v2 the shipped weights.
+    repo = served_repo(tmp_path, "anomaly", an.export_weights(model))
     server = triton_server(repo, ["anomaly"])
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = _inputs(btc_windows, eurusd_windows)
     names = ("SCORE", "FLAG", "IFOREST", "RECON")
 
     async def infer(version: int, batch: np.ndarray) -> dict[str, np.ndarray]:
-        inp = grpcclient.InferInput("FEATURES", list(batch.shape), "FP64")
-        inp.set_data_from_numpy(batch)
-        outs = [grpcclient.InferRequestedOutput(n) for n in names]
-        r = await client.infer("anomaly", [inp], model_version=str(version), outputs=outs, client_timeout=30)
-        return {n: r.as_numpy(n) for n in names}
+        return await infer_windows(client, "anomaly", version, batch, names)
 
     try:
-        with np.load(repo / "anomaly" / "2" / "weights.npz", allow_pickle=False) as z:
-            shipped = rt.AnomalyParams({k: z[k] for k in z.files}, np)
+        shipped = rt.AnomalyParams(load_weights(repo / "anomaly" / "2"), np)
         # v1: scikit-learn + torch themselves; v2 (shipped, no fitted objects to hand): the in-process
         # NumPy 2 forward pass, which the tests above tie to scikit-learn and torch.
         refs = {1: an.reference_forward(model, x), 2: rt.forward(np, shipped, x)}

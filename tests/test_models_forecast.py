@@ -7,59 +7,36 @@ that the served arithmetic equals the reference, not that the forecasts are good
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.errors import ModelError
-from core.features.barfile import BarSeries, load_bars
 from core.models import forecast as fc
-from core.models._repo import file_sha256
-from core.models.data import HORIZONS_BARS, MODEL_FEATURES, Dataset, feature_matrix, walk_forward
-from tests.conftest import shared_file
+from core.models._repo import file_sha256, load_weights
+from core.models.data import HORIZONS_BARS, MODEL_FEATURES, walk_forward
+from tests._models import MODELS, copy_version, head_csv, infer_windows, recorded_dataset, runtime_module, \
+    temp_repo, train_args
 
-PROJECT = Path(__file__).resolve().parents[1]
-MODELS = PROJECT / "triton_models"
 TINY = {"lstm": fc.NetSpec(arch="lstm", hidden=8, layers=2),
         "transformer": fc.NetSpec(arch="transformer", d_model=8, n_heads=2, layers=2, ff=16)}
-
-
-def _runtime_nn():
-    """triton_models/_runtime/nn.py, imported by path as tritonserver's model.py does."""
-    spec = importlib.util.spec_from_file_location("forecast_runtime_nn", MODELS / "_runtime" / "nn.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-nn = _runtime_nn()
-
-
-def _bars(name: str, start: int, stop: int) -> Dataset:
-    """Bars ``start:stop`` of a recorded bar file, with the model features."""
-    series = load_bars(shared_file(f"bars/{name}"))[0]
-    cols = {k: v[start:stop] for k, v in series.columns.items()}
-    part = BarSeries(name=f"{series.name}[{start}:{stop}]", columns=cols, tf=series.tf)
-    return Dataset(name=part.name, ts_ns=cols["ts_ns"], close=cols["close"], features=feature_matrix(part))
+nn = runtime_module("nn")
 
 
 @pytest.fixture(scope="module")
 def btc():
     """Windows of 2,500 real BTC-perp minutes: (x, y, end)."""
-    return _bars("btc_perp_1m_2022-01.csv", 10_000, 12_500).supervised()
+    return recorded_dataset("btc_perp_1m_2022-01.csv", 10_000, 12_500).supervised()
 
 
 @pytest.fixture(scope="module")
 def eurusd_windows():
     """200 windows of real EUR/USD hours, months away from the training slice."""
-    return _bars("eurusd_1h_2017-2018.csv", 3_000, 3_300).supervised()[0][:200]
+    return recorded_dataset("eurusd_1h_2017-2018.csv", 3_000, 3_300).supervised()[0][:200]
 
 
 @pytest.fixture(scope="module", params=["lstm", "transformer"])
@@ -127,40 +104,19 @@ def test_training_is_deterministic(btc):
     assert not np.array_equal(runs[0]["head.weight"], runs[2]["head.weight"])
 
 
-def _train_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
-    repo = tmp_path / "repo"
-    (repo / "forecast").mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODELS / "forecast" / "config.pbtxt", repo / "forecast" / "config.pbtxt")
-    p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(repo))
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    fc.add_arguments(p)
-    return p.parse_args(list(argv))
-
-
-def _head_csv(tmp_path: Path, name: str, rows: int) -> Path:
-    """The first ``rows`` bars of a recorded file as a CSV of its own (a test input, not shipped)."""
-    lines = shared_file(f"bars/{name}").read_text().splitlines()[:rows + 1]
-    out = tmp_path / f"head_{name}"
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 @pytest.mark.parametrize("source", ["data", "synthetic"])
 def test_train_command_writes_a_version(tmp_path, source, btc):
     if source == "data":
-        csv = _head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 1_500)
-        args = _train_args(tmp_path, "--data", str(csv), "--arch", "transformer", "--d-model", "8", "--epochs", "1",
-                           "--version", "2", "--seed", "7")
+        csv = head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 1_500)
+        args = train_args(tmp_path, fc, "--data", str(csv), "--arch", "transformer", "--d-model", "8", "--epochs", "1",
+                          "--version", "2", "--seed", "7")
     else:
-        args = _train_args(tmp_path, "--synthetic", "2500", "--hidden", "4", "--epochs", "2", "--seed", "7")
+        args = train_args(tmp_path, fc, "--synthetic", "2500", "--hidden", "4", "--epochs", "2", "--seed", "7")
     seen = []
     metrics = fc.train(args, lambda done, total, note="": seen.append((done, total, note)))
     vdir = Path(args.repo) / "forecast" / str(args.version)
     assert any("val nll" in note for _, _, note in seen), "a progress line per epoch with the loss"
-    with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
+    weights = load_weights(vdir)
     assert str(weights["arch"]) == args.arch
     assert weights["feature_names"].tolist() == list(MODEL_FEATURES)
     card = json.loads((vdir / "card.json").read_text())
@@ -193,13 +149,13 @@ def test_bad_inputs_get_clear_errors(tmp_path, trained, btc):
         fc.fit(btc[0][:30], btc[1][:30], btc[0][40:60], btc[1][40:60])
     missing = tmp_path / "no_such_bars.csv"
     with pytest.raises(ModelError, match="no_such_bars.csv"):
-        fc.train(_train_args(tmp_path, "--data", str(missing)), lambda *a: None)
+        fc.train(train_args(tmp_path, fc, "--data", str(missing)), lambda *a: None)
     with pytest.raises(ModelError, match="at least 2000"):
-        fc.train(_train_args(tmp_path, "--synthetic", "500"), lambda *a: None)
+        fc.train(train_args(tmp_path, fc, "--synthetic", "500"), lambda *a: None)
 
 
 def test_walk_forward_evaluation_on_real_bars():
-    ds = _bars("eurusd_1h_2017-2018.csv", 2_000, 3_600)
+    ds = recorded_dataset("eurusd_1h_2017-2018.csv", 2_000, 3_600)
     res = fc.evaluate([ds], "lstm", seed=1, folds=2, epochs=1, spec=TINY["lstm"])
     x, y, end = ds.supervised()
     d = res["datasets"][ds.name]
@@ -234,8 +190,7 @@ def test_shipped_versions_load_and_match_the_reference(btc, eurusd_windows):
         card = json.loads((vdir / "card.json").read_text())
         # Shipped weights are trained on our own synthetic bars only, never on ../shared/data.
         assert all("description" in d and d["description"].startswith("synthetic_bars(") for d in card["data"])
-        with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-            weights = {k: z[k] for k in z.files}
+        weights = load_weights(vdir)
         assert str(weights["arch"]) == arch
         ref = fc.reference_forward(weights, x)
         got = nn.forecast_forward(nn.prepare_forecast(weights), x)
@@ -249,21 +204,12 @@ def test_shipped_versions_load_and_match_the_reference(btc, eurusd_windows):
 
 def _served_repo(tmp_path: Path, btc) -> Path:
     """A temp repository: forecast v1/v2 tiny nets trained here, v3/v4 the shipped weights."""
-    repo = tmp_path / "models"
-    shutil.copytree(MODELS / "_runtime", repo / "_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "forecast").mkdir()
-    shutil.copy(MODELS / "forecast" / "config.pbtxt", repo / "forecast" / "config.pbtxt")
+    repo = temp_repo(tmp_path, "forecast", [1, 2])
     x, y, _ = btc
     for version, arch in ((1, "lstm"), (2, "transformer")):
-        vdir = repo / "forecast" / str(version)
-        vdir.mkdir()
-        shutil.copy(MODELS / "forecast" / str(version) / "model.py", vdir / "model.py")
         res = fc.fit(x[:1500], y[:1500], x[1515:], y[1515:], spec=TINY[arch], seed=version, epochs=1)
-        np.savez(vdir / "weights.npz", **fc.export_weights(res.net))
-        shipped = repo / "forecast" / str(version + 2)
-        shipped.mkdir()
-        for f in ("model.py", "weights.npz"):
-            shutil.copy(MODELS / "forecast" / str(version) / f, shipped / f)
+        np.savez(repo / "forecast" / str(version) / "weights.npz", **fc.export_weights(res.net))
+        copy_version(repo, "forecast", version, as_version=version + 2)
     return repo
 
 
@@ -277,16 +223,11 @@ async def test_triton_serves_the_reference_forward(tmp_path, triton_server, btc,
     x = _inputs(btc, eurusd_windows)
 
     async def infer(version: int, batch: np.ndarray) -> dict[str, np.ndarray]:
-        inp = grpcclient.InferInput("FEATURES", list(batch.shape), "FP64")
-        inp.set_data_from_numpy(batch)
-        outs = [grpcclient.InferRequestedOutput(n) for n in ("MEAN", "STD", "P_UP")]
-        r = await client.infer("forecast", [inp], model_version=str(version), outputs=outs, client_timeout=30)
-        return {n: r.as_numpy(n) for n in ("MEAN", "STD", "P_UP")}
+        return await infer_windows(client, "forecast", version, batch, ("MEAN", "STD", "P_UP"))
 
     try:
         for version in (1, 2, 3, 4):
-            with np.load(repo / "forecast" / str(version) / "weights.npz", allow_pickle=False) as z:
-                weights = {k: z[k] for k in z.files}
+            weights = load_weights(repo / "forecast" / str(version))
             ref = fc.reference_forward(weights, x)
             # Many small concurrent requests: dynamic batching joins them, each gets its own rows back.
             chunks = [x[i:i + 37] for i in range(0, len(x), 37)]

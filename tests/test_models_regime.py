@@ -7,55 +7,32 @@ regimes are useful (that is `core.models.regime.evaluate`'s job, reported with i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.errors import DataFileError, ModelError
-from core.features.barfile import BarSeries, load_bars
-from core.models._repo import file_sha256
+from core.models._repo import file_sha256, load_weights
 from core.models import regime as rg
-from core.models.data import MODEL_FEATURES, Dataset, feature_matrix, sliding_windows, synthetic_dataset, walk_forward
-from tests.conftest import shared_file
+from core.models.data import MODEL_FEATURES, Dataset, sliding_windows, walk_forward
+from tests._models import MODELS, head_csv, infer_windows, recorded_dataset, runtime_module, served_repo, \
+    train_args
 
-PROJECT = Path(__file__).resolve().parents[1]
-MODELS = PROJECT / "triton_models"
-
-
-def _runtime_hmm():
-    """triton_models/_runtime/hmm.py, imported by path as tritonserver's model.py does."""
-    spec = importlib.util.spec_from_file_location("regime_runtime_hmm", MODELS / "_runtime" / "hmm.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-hmm = _runtime_hmm()
-
-
-def _bars(name: str, start: int, stop: int) -> Dataset:
-    """Bars ``start:stop`` of a recorded bar file, with the model features."""
-    series = load_bars(shared_file(f"bars/{name}"))[0]
-    cols = {k: v[start:stop] for k, v in series.columns.items()}
-    part = BarSeries(name=f"{series.name}[{start}:{stop}]", columns=cols, tf=series.tf)
-    return Dataset(name=part.name, ts_ns=cols["ts_ns"], close=cols["close"], features=feature_matrix(part))
+hmm = runtime_module("hmm")
 
 
 @pytest.fixture(scope="module")
 def btc() -> Dataset:
-    return _bars("btc_perp_1m_2022-01.csv", 20_000, 24_000)
+    return recorded_dataset("btc_perp_1m_2022-01.csv", 20_000, 24_000)
 
 
 @pytest.fixture(scope="module")
 def eurusd() -> Dataset:
-    return _bars("eurusd_1h_2017-2018.csv", 1_000, 3_000)
+    return recorded_dataset("eurusd_1h_2017-2018.csv", 1_000, 3_000)
 
 
 @pytest.fixture(scope="module")
@@ -165,41 +142,20 @@ def test_training_is_deterministic(btc):
         np.testing.assert_array_equal(v, runs[1][k], err_msg=k)
 
 
-def _train_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
-    repo = tmp_path / "repo"
-    (repo / "regime").mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODELS / "regime" / "config.pbtxt", repo / "regime" / "config.pbtxt")
-    p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(repo))
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    rg.add_arguments(p)
-    return p.parse_args(list(argv))
-
-
-def _head_csv(tmp_path: Path, name: str, rows: int) -> Path:
-    """The first ``rows`` bars of a recorded file as a CSV of its own (a test input, not shipped)."""
-    lines = shared_file(f"bars/{name}").read_text().splitlines()[:rows + 1]
-    out = tmp_path / f"head_{name}"
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 @pytest.mark.parametrize("source", ["data", "synthetic"])
 def test_train_command_writes_a_version(tmp_path, source, btc):
     if source == "data":
-        csv = _head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 2_000)
-        args = _train_args(tmp_path, "--data", str(csv), "--version", "2", "--seed", "7", "--restarts", "2",
-                           "--iterations", "20")
+        csv = head_csv(tmp_path, "btc_perp_1m_2022-01.csv", 2_000)
+        args = train_args(tmp_path, rg, "--data", str(csv), "--version", "2", "--seed", "7", "--restarts", "2",
+                          "--iterations", "20")
     else:
-        args = _train_args(tmp_path, "--synthetic", "3000", "--seed", "7", "--restarts", "1", "--iterations", "20")
+        args = train_args(tmp_path, rg, "--synthetic", "3000", "--seed", "7", "--restarts", "1", "--iterations", "20")
     seen = []
     metrics = rg.train(args, lambda done, total, note="": seen.append((done, total, note)))
     vdir = Path(args.repo) / "regime" / str(args.version)
     assert any("iter" in note and "ll/bar" in note for _, _, note in seen), "a progress line per iteration"
     assert seen[-1][0] == seen[-1][1]
-    with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
+    weights = load_weights(vdir)
     assert weights["feature_names"].tolist() == list(MODEL_FEATURES)
     assert weights["state_names"].tolist() == ["calm", "normal", "turbulent"]
     card = json.loads((vdir / "card.json").read_text())
@@ -233,9 +189,9 @@ def test_bad_inputs_get_clear_errors(tmp_path, model, btc):
     with pytest.raises(ModelError, match="too few"):
         rg.fit([btc.features[:40]], seed=0)
     with pytest.raises(DataFileError, match="no_such_bars.csv"):
-        rg.train(_train_args(tmp_path, "--data", str(tmp_path / "no_such_bars.csv")), lambda *a: None)
+        rg.train(train_args(tmp_path, rg, "--data", str(tmp_path / "no_such_bars.csv")), lambda *a: None)
     with pytest.raises(ModelError, match="at least 500"):
-        rg.train(_train_args(tmp_path, "--synthetic", "100"), lambda *a: None)
+        rg.train(train_args(tmp_path, rg, "--synthetic", "100"), lambda *a: None)
 
 
 def test_walk_forward_evaluation_on_real_bars(eurusd):
@@ -268,8 +224,7 @@ def test_shipped_version_loads_and_matches_the_reference(btc, eurusd):
     card = json.loads((vdir / "card.json").read_text())
     # Shipped weights are trained on our own synthetic bars only, never on ../shared/data.
     assert all("description" in d and d["description"].startswith("synthetic_bars(") for d in card["data"])
-    with np.load(vdir / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
+    weights = load_weights(vdir)
     x = _inputs(btc, eurusd)
     got = hmm.forward(np, hmm.HmmParams(weights, np), x)
     ref = rg.reference_forward(rg.GaussianHmm.from_weights(weights), x)
@@ -281,40 +236,22 @@ def test_shipped_version_loads_and_matches_the_reference(btc, eurusd):
 # The real tritonserver
 
 
-def _served_repo(tmp_path: Path, model: rg.GaussianHmm) -> Path:
-    """A temp repository: regime v1 fitted here on real bars, v2 the shipped weights."""
-    repo = tmp_path / "models"
-    shutil.copytree(MODELS / "_runtime", repo / "_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "regime").mkdir()
-    shutil.copy(MODELS / "regime" / "config.pbtxt", repo / "regime" / "config.pbtxt")
-    v1, v2 = repo / "regime" / "1", repo / "regime" / "2"
-    v1.mkdir()
-    shutil.copy(MODELS / "regime" / "1" / "model.py", v1 / "model.py")
-    np.savez(v1 / "weights.npz", **rg.export_weights(model))
-    shutil.copytree(MODELS / "regime" / "1", v2, ignore=shutil.ignore_patterns("__pycache__"))
-    return repo
-
-
 async def test_triton_serves_the_reference_forward(tmp_path, triton_server, model, btc, eurusd):
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    repo = _served_repo(tmp_path, model)
+    # v1 fitted here on real bars, v2 the shipped weights.
+    repo = served_repo(tmp_path, "regime", rg.export_weights(model))
     server = triton_server(repo, ["regime"])
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = _inputs(btc, eurusd)
 
     async def infer(version: int, batch: np.ndarray) -> dict[str, np.ndarray]:
-        inp = grpcclient.InferInput("FEATURES", list(batch.shape), "FP64")
-        inp.set_data_from_numpy(batch)
-        outs = [grpcclient.InferRequestedOutput(n) for n in ("PROBS", "LABEL")]
-        r = await client.infer("regime", [inp], model_version=str(version), outputs=outs, client_timeout=30)
-        return {n: r.as_numpy(n) for n in ("PROBS", "LABEL")}
+        return await infer_windows(client, "regime", version, batch, ("PROBS", "LABEL"))
 
     try:
         for version in (1, 2):
-            with np.load(repo / "regime" / str(version) / "weights.npz", allow_pickle=False) as z:
-                ref = rg.reference_forward(rg.GaussianHmm.from_weights({k: z[k] for k in z.files}), x)
+            ref = rg.reference_forward(rg.GaussianHmm.from_weights(load_weights(repo / "regime" / str(version))), x)
             # Many small concurrent requests: dynamic batching joins them, each gets its own rows back.
             chunks = [x[i:i + 37] for i in range(0, len(x), 37)]
             got = await asyncio.wait_for(asyncio.gather(*(infer(version, c) for c in chunks)), 60)

@@ -7,11 +7,8 @@ a temp copy of the repository, never into triton_models/.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,33 +18,11 @@ from tritonclient.utils import InferenceServerException
 from core.errors import ModelError
 from core.models import sentiment as st
 from core.models._repo import file_sha256, load_card, load_weights
+from tests._models import MODELS, temp_repo, train_args
 from tests.conftest import shared_file
 
-PROJECT = Path(__file__).resolve().parents[1]
-MODELS = PROJECT / "triton_models"
 PHRASEBANK = "news/financial_phrasebank_allagree.txt"
 text = st.text_runtime()
-
-
-def _args(repo: Path, version: int, *extra: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repo")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    st.add_arguments(parser)
-    return parser.parse_args(["--repo", str(repo), "--version", str(version), *extra])
-
-
-def _repo_copy(root: Path) -> Path:
-    """A temp Triton repository with the real runtime, sentiment config and model.py files."""
-    repo = root / "repo"
-    shutil.copytree(MODELS / "_runtime", repo / "_runtime", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "sentiment").mkdir(parents=True)
-    shutil.copy(MODELS / "sentiment" / "config.pbtxt", repo / "sentiment")
-    for v in ("1", "2"):
-        (repo / "sentiment" / v).mkdir()
-        shutil.copy(MODELS / "sentiment" / v / "model.py", repo / "sentiment" / v)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +36,13 @@ def phrasebank():
 @pytest.fixture(scope="module")
 def trained_repo(tmp_path_factory):
     """A temp repository with version 1 compiled and version 2 trained by `st.train`."""
-    repo = _repo_copy(tmp_path_factory.mktemp("sentiment"))
+    root = tmp_path_factory.mktemp("sentiment")
+    repo = temp_repo(root, st.NAME, [1, 2])
     data = str(shared_file(PHRASEBANK))
     steps = []
     metrics = {
-        1: st.train(_args(repo, 1), lambda *a: steps.append(a)),
-        2: st.train(_args(repo, 2, "--data", data), lambda *a: steps.append(a)),
+        1: st.train(train_args(root, st, "--version", "1"), lambda *a: steps.append(a)),
+        2: st.train(train_args(root, st, "--version", "2", "--data", data), lambda *a: steps.append(a)),
     }
     return repo, metrics, steps
 
@@ -250,17 +226,17 @@ def test_train_writes_both_versions_with_metrics(trained_repo, phrasebank):
 
 def test_training_is_seeded(trained_repo, tmp_path):
     repo, _, _ = trained_repo
-    again = _repo_copy(tmp_path)
-    st.train(_args(again, 2, "--data", str(shared_file(PHRASEBANK))), lambda *a: None)
+    again = temp_repo(tmp_path, st.NAME, [1, 2])
+    st.train(train_args(tmp_path, st, "--version", "2", "--data", str(shared_file(PHRASEBANK))), lambda *a: None)
     first, second = load_weights(repo / "sentiment" / "2"), load_weights(again / "sentiment" / "2")
     for k in first:
         np.testing.assert_array_equal(first[k], second[k], err_msg=k)
 
 
 def test_version_1_with_data_is_evaluated_not_trained(tmp_path):
-    repo = _repo_copy(tmp_path)
+    repo = temp_repo(tmp_path, st.NAME, [1, 2])
     data = str(shared_file(PHRASEBANK))
-    metrics = st.train(_args(repo, 1, "--data", data), lambda *a: None)
+    metrics = st.train(train_args(tmp_path, st, "--version", "1", "--data", data), lambda *a: None)
     card = load_card(repo / "sentiment" / "1")
     assert [d["sha256"] for d in card["data"]] == [file_sha256(st.DEFAULT_LEXICON)]
     assert card["evaluation"]["data"][0]["sha256"] == file_sha256(data)
@@ -268,15 +244,15 @@ def test_version_1_with_data_is_evaluated_not_trained(tmp_path):
 
 
 def test_train_errors(tmp_path):
-    repo = _repo_copy(tmp_path)
+    temp_repo(tmp_path, st.NAME, [1, 2])
     with pytest.raises(ModelError, match="versions 1 \\(lexicon\\), 2 \\(tfidf-logreg\\); got --version 3"):
-        st.train(_args(repo, 3), lambda *a: None)
+        st.train(train_args(tmp_path, st, "--version", "3"), lambda *a: None)
     with pytest.raises(ModelError, match="pass --data FILE"):
-        st.train(_args(repo, 2), lambda *a: None)
+        st.train(train_args(tmp_path, st, "--version", "2"), lambda *a: None)
     one_class = tmp_path / "one.txt"
     one_class.write_text("Sales rose@positive\nProfit rose@positive\nIt is in Oulu@neutral\n")
     with pytest.raises(ModelError, match="at least 2 sentences"):
-        st.train(_args(repo, 2, "--data", str(one_class)), lambda *a: None)
+        st.train(train_args(tmp_path, st, "--version", "2", "--data", str(one_class)), lambda *a: None)
 
 
 # --- served by tritonserver -----------------------------------------------------------------

@@ -34,18 +34,17 @@ future), against the baseline ``|ret_zscore_20| > its 0.99 training quantile``.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable, Sequence
 
 import msgspec
 import numpy as np
 
-from core.errors import ModelError, TickmeshError
+from core.errors import ModelError
 from core.features.barfile import BarSeries, load_bars
+from core.models._evaluate import evaluation_main
 from core.models._repo import save_version, version_dir
-from core.models.data import MODEL_FEATURES, WINDOW_BARS, feature_matrix, sliding_windows, synthetic_bars, \
-    walk_forward
-from core.models.regime import check_windows  # one window check for both models (shape, finite)
+from core.models.data import MODEL_FEATURES, WINDOW_BARS, check_windows, feature_matrix, robust_scale, \
+    sliding_windows, synthetic_bars, walk_forward
 
 __all__ = [
     "NAME",
@@ -81,16 +80,6 @@ def anomaly_vectors(windows: np.ndarray) -> np.ndarray:
     windows = check_windows(windows)
     last = windows[:, -1, :]
     return np.concatenate([last, last - windows[:, -2, :]], axis=1)
-
-
-def _robust_scale(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    center = np.median(v, axis=0)
-    q25, q75 = np.percentile(v, [25, 75], axis=0)
-    scale = (q75 - q25) / 1.349
-    # Columns that are mostly constant (a zero IQR) fall back to the standard deviation, then 1.
-    std = v.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
-    return center, scale
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:
@@ -205,7 +194,7 @@ def fit(windows: np.ndarray, seed: int, *, n_trees: int = 100, max_samples: int 
     v = anomaly_vectors(windows)
     if v.shape[0] < 100:
         raise ModelError(f"{v.shape[0]} training windows; the anomaly model needs at least 100")
-    center, scale = _robust_scale(v)
+    center, scale = robust_scale(v)
     z = np.clip((v - center) / scale, -CLIP, CLIP)
 
     forest = IsolationForest(n_estimators=n_trees, max_samples=min(max_samples, z.shape[0]), random_state=seed,
@@ -510,23 +499,16 @@ def train(args: argparse.Namespace, progress: Progress) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core.models.anomaly --evaluate FILE... [--seed S] [--folds K] [--max-bars N]``."""
-    p = argparse.ArgumentParser(prog="python -m core.models.anomaly")
-    p.add_argument("--evaluate", nargs="+", metavar="FILE", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--max-bars", type=int, default=0, help="use only the first N bars of each file")
-    args = p.parse_args(argv)
-    try:
+
+    def run(args: argparse.Namespace) -> None:
         series = [s for path in args.evaluate for s in load_bars(path)]
         if args.max_bars:
             series = [BarSeries(name=f"{s.name}[:{args.max_bars}]", venue=s.venue, symbol=s.symbol, tf=s.tf,
                                 columns={k: v[:args.max_bars] for k, v in s.columns.items()}) for s in series]
-        result = evaluate(series, args.seed, args.folds)
-    except TickmeshError as exc:
-        print(f"python -m core.models.anomaly: {exc}", file=sys.stderr)
-        return 2
-    _print_table(result)
-    return 0
+        _print_table(evaluate(series, args.seed, args.folds))
+
+    return evaluation_main(NAME, argv, run, description=main.__doc__, options=lambda p: p.add_argument(
+        "--max-bars", type=int, default=0, help="use only the first N bars of each file"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import msgspec
 import numpy as np
 
-from core.errors import DataFileError
+from core.errors import DataFileError, ModelError
 from core.features.barfile import BarSeries, load_bars
 from core.features.catalogue import kernel_by_name
 from core.features.featureset import FeatureSet
@@ -30,6 +30,8 @@ __all__ = [
     "WINDOW_BARS",
     "HORIZONS_BARS",
     "Dataset",
+    "check_windows",
+    "robust_scale",
     "feature_matrix",
     "forward_log_returns",
     "sliding_windows",
@@ -90,6 +92,45 @@ class Dataset(msgspec.Struct, kw_only=True):
         """Bars ``start:stop`` (views, no copy)."""
         return Dataset(name=f"{self.name}[{start}:{stop}]", ts_ns=self.ts_ns[start:stop],
                        close=self.close[start:stop], features=self.features[start:stop])
+
+
+def check_windows(windows: np.ndarray, what: str = "windows") -> np.ndarray:
+    """``windows`` as float64 ``(batch, WINDOW_BARS, len(MODEL_FEATURES))``, all finite.
+
+    Args:
+        windows: model inputs, raw (unstandardized) features.
+        what: what they are, for the error messages ("training windows").
+
+    Raises:
+        ModelError: another shape, a non-numeric dtype, or a non-finite value (the message names
+            its index and feature).
+    """
+    x = np.asarray(windows)
+    if x.ndim != 3 or x.shape[1:] != (WINDOW_BARS, len(MODEL_FEATURES)):
+        raise ModelError(f"{what} have shape {list(x.shape)}, expected [batch, {WINDOW_BARS}, {len(MODEL_FEATURES)}]")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ModelError(f"{what} have dtype {x.dtype}, expected float64")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise ModelError(f"{what} hold {int(bad.sum())} non-finite values; first at {where.tolist()} "
+                         f"({MODEL_FEATURES[where[-1]]})")
+    return x.astype(np.float64, copy=False)
+
+
+def robust_scale(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column median and IQR-based scale of ``rows`` (n, columns), for standardizing.
+
+    The IQR is divided by 1.349 (a normal's IQR in standard deviations); a column with no spread
+    (mostly constant) falls back to its standard deviation, then to 1, so the division is always
+    defined.
+    """
+    center = np.median(rows, axis=0)
+    q25, q75 = np.percentile(rows, [25.0, 75.0], axis=0)
+    scale = (q75 - q25) / 1.349
+    std = rows.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
+    return center, scale
 
 
 def _model_featureset(names: Sequence[str]) -> tuple[FeatureSet, np.ndarray]:

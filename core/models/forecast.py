@@ -34,13 +34,16 @@ import msgspec
 import numpy as np
 
 from core.errors import DataFileError, ModelError
+from core.models._evaluate import evaluation_main
 from core.models._repo import save_version, version_dir
 from core.models.data import (
     HORIZONS_BARS,
     MODEL_FEATURES,
     WINDOW_BARS,
     Dataset,
+    check_windows,
     load_datasets,
+    robust_scale,
     synthetic_dataset,
     walk_forward,
 )
@@ -200,36 +203,6 @@ def _deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _check_windows(x: np.ndarray, what: str = "features") -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1:] != (WINDOW_BARS, len(MODEL_FEATURES)):
-        raise ModelError(f"{what} have shape {list(x.shape)}, expected [batch, {WINDOW_BARS}, {len(MODEL_FEATURES)}]")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ModelError(f"{what} have dtype {x.dtype}, expected float64")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        where = np.argwhere(bad)[0]
-        raise ModelError(f"{what} hold {int(bad.sum())} non-finite values; first at {where.tolist()} "
-                         f"({MODEL_FEATURES[where[-1]]})")
-    return x.astype(np.float64, copy=False)
-
-
-def _normalisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature median and IQR-based scale of the training windows' last rows.
-
-    Each bar is a window's last row once, so this counts every training bar once. The IQR is
-    divided by 1.349 (a normal's IQR in stds); a feature with no spread falls back to its std,
-    then to 1, so the division is always defined.
-    """
-    rows = x_train[:, -1, :]
-    center = np.median(rows, axis=0)
-    q25, q75 = np.percentile(rows, [25.0, 75.0], axis=0)
-    scale = (q75 - q25) / 1.349
-    std = rows.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
-    return center, scale
-
-
 def _gaussian_nll(mean, logvar, y):
     """Mean Gaussian NLL without the constant 0.5*log(2*pi)."""
     import torch
@@ -256,7 +229,7 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     """
     import torch
 
-    x_train, x_val = _check_windows(x_train, "training windows"), _check_windows(x_val, "validation windows")
+    x_train, x_val = check_windows(x_train, "training windows"), check_windows(x_val, "validation windows")
     y_train, y_val = np.asarray(y_train, np.float64), np.asarray(y_val, np.float64)
     if epochs < 1 or batch_size < 1:
         raise ModelError(f"epochs ({epochs}) and batch_size ({batch_size}) must be >= 1")
@@ -267,7 +240,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
         raise ModelError(f"targets have shapes {y_train.shape}, {y_val.shape}; expected (n, {len(HORIZONS_BARS)})")
     if not (np.isfinite(y_train).all() and np.isfinite(y_val).all()):
         raise ModelError("targets hold non-finite values")
-    center, scale = _normalisation(x_train)
+    # Per feature, over the windows' last rows: each training bar counts once.
+    center, scale = robust_scale(x_train[:, -1, :])
     y_scale = y_train.std(axis=0)
     if (y_scale <= 0).any():
         raise ModelError(f"training targets do not vary (std per horizon {y_scale.tolist()})")
@@ -383,7 +357,7 @@ def predict(net, x: np.ndarray, batch_size: int = 4096) -> dict[str, np.ndarray]
     """``MEAN``, ``STD``, ``P_UP`` of a float64 ForecastNet for raw windows ``x``."""
     import torch
 
-    x = _check_windows(x)
+    x = check_windows(x, "features")
     outs = []
     with torch.no_grad():
         for s in range(0, max(len(x), 1), batch_size):
@@ -645,32 +619,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core.models.forecast --evaluate FILE...``: walk-forward table on real bars."""
     from core._progress import Progress
 
-    p = argparse.ArgumentParser(prog="python -m core.models.forecast", description=main.__doc__)
-    p.add_argument("--evaluate", nargs="+", metavar="FILE", required=True, help="bar files")
-    p.add_argument("--arch", choices=(*ARCHS, "both"), default="both")
-    p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--last-bars", type=int, default=0, help="use only the last N bars of each file (0: all)")
-    p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
-    args = p.parse_args(argv)
-    try:
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--arch", choices=(*ARCHS, "both"), default="both")
+        p.add_argument("--epochs", type=int, default=8)
+        p.add_argument("--last-bars", type=int, default=0, help="use only the last N bars of each file (0: all)")
+        p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+
+    def run(args: argparse.Namespace) -> None:
         datasets = load_datasets(args.evaluate, progress=Progress("features", "bars"))
-    except DataFileError as exc:
-        print(f"forecast evaluate: {exc}", file=sys.stderr)
-        return 2
-    if args.last_bars > 0:
-        datasets = [d.slice(max(0, len(d) - args.last_bars), len(d)) for d in datasets]
-    results = []
-    for arch in (ARCHS if args.arch == "both" else (args.arch,)):
-        res = evaluate(datasets, arch, args.seed, args.folds, epochs=args.epochs,
-                       progress=Progress(f"walk-forward {arch}", "epochs"))
-        results.append(res)
-        print(_table(res), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+        if args.last_bars > 0:
+            datasets = [d.slice(max(0, len(d) - args.last_bars), len(d)) for d in datasets]
+        results = []
+        for arch in (ARCHS if args.arch == "both" else (args.arch,)):
+            res = evaluate(datasets, arch, args.seed, args.folds, epochs=args.epochs,
+                           progress=Progress(f"walk-forward {arch}", "epochs"))
+            results.append(res)
+            print(_table(res), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+
+    return evaluation_main(NAME, argv, run, description=main.__doc__, options=options)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Callable, Sequence
 
 import msgspec
 import numpy as np
 
-from core.errors import ModelError, TickmeshError
+from core.errors import ModelError
+from core.models._evaluate import evaluation_main
 from core.models._repo import save_version, version_dir
-from core.models.data import MODEL_FEATURES, WINDOW_BARS, Dataset, load_datasets, sliding_windows, \
+from core.models.data import MODEL_FEATURES, WINDOW_BARS, Dataset, check_windows, load_datasets, sliding_windows, \
     synthetic_dataset, walk_forward
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "OBS_FEATURES",
     "GaussianHmm",
     "bar_observations",
-    "check_windows",
     "fit_hmm",
     "fit",
     "stationary_distribution",
@@ -133,24 +132,6 @@ def bar_observations(features: np.ndarray) -> np.ndarray:
     i_ret, i_vol = (MODEL_FEATURES.index(n) for n in OBS_FEATURES)
     vol = np.log(np.maximum(features[..., i_vol], VOL_FLOOR))  # NaN (warm-up) stays NaN
     return np.stack([features[..., i_ret], vol], axis=-1)
-
-
-def check_windows(windows: np.ndarray) -> np.ndarray:
-    """``windows`` as float64 ``(batch, 32, 29)``, all finite.
-
-    Raises:
-        ModelError: another shape, or a non-finite value (the message names the feature).
-    """
-    windows = np.asarray(windows, dtype=np.float64)
-    if windows.ndim != 3 or windows.shape[1:] != (WINDOW_BARS, len(MODEL_FEATURES)):
-        raise ModelError(f"windows have shape {list(windows.shape)}, "
-                         f"expected [batch, {WINDOW_BARS}, {len(MODEL_FEATURES)}]")
-    bad = ~np.isfinite(windows)
-    if bad.any():
-        row, bar, col = np.argwhere(bad)[0]
-        raise ModelError(f"windows hold {int(bad.sum())} non-finite values; first at [{row}, {bar}, {col}] "
-                         f"({MODEL_FEATURES[col]})")
-    return windows
 
 
 def _standardizer(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -602,23 +583,16 @@ def train(args: argparse.Namespace, progress: Progress) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m core.models.regime --evaluate FILE... [--seed S] [--folds K]``: prints the table."""
-    p = argparse.ArgumentParser(prog="python -m core.models.regime")
-    p.add_argument("--evaluate", nargs="+", metavar="FILE", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--max-bars", type=int, default=0, help="use only the first N bars of each file")
-    args = p.parse_args(argv)
-    try:
+    """``python -m core.models.regime --evaluate FILE... [--seed S] [--folds K] [--max-bars N]``: prints the table."""
+
+    def run(args: argparse.Namespace) -> None:
         datasets = load_datasets(args.evaluate)
         if args.max_bars:
             datasets = [d.slice(0, args.max_bars) for d in datasets]
-        result = evaluate(datasets, args.seed, args.folds)
-    except TickmeshError as exc:
-        print(f"python -m core.models.regime: {exc}", file=sys.stderr)
-        return 2
-    _print_table(result)
-    return 0
+        _print_table(evaluate(datasets, args.seed, args.folds))
+
+    return evaluation_main(NAME, argv, run, description=main.__doc__, options=lambda p: p.add_argument(
+        "--max-bars", type=int, default=0, help="use only the first N bars of each file"))
 
 
 if __name__ == "__main__":

@@ -14,16 +14,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-__all__ = ["BatchedModel", "InputError"]
+__all__ = ["BatchedModel", "InputError", "load_weights"]
 
 
 class InputError(ValueError):
     """One request's input is unusable; the message goes back to the client."""
+
+
+def load_weights(version_dir: Path, model_name: str, train_options: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a version's ``weights.npz`` (loaded without pickles).
+
+    Args:
+        version_dir: the version's directory.
+        model_name: the model, named in the hint of the error.
+        train_options: options of that hint after the model name (``--version 2 --data FILE``).
+
+    Raises:
+        FileNotFoundError: the version has no weights; the message says how to train them.
+    """
+    path = version_dir / "weights.npz"
+    if not path.is_file():
+        command = " ".join(filter(None, ("tickmesh models train", model_name, train_options)))
+        raise FileNotFoundError(f"no weights at {path}; train them with `{command}`")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _array_module(args: Mapping[str, str]):
@@ -43,9 +62,10 @@ class BatchedModel:
 
     Subclasses set ``inputs`` (name -> trailing shape, ``None`` for a string input) and
     ``outputs`` (names), implement ``load(version_dir, xp)`` and ``compute(batch, xp) ->
-    {output: array}`` (arrays with the batch on axis 0), and may set ``feature_names`` so that
-    non-finite features are reported by name, and override ``validate(name, array)`` for checks
-    the generic ones cannot make (string inputs).
+    {output: array}`` (arrays with the batch on axis 0), and may set ``feature_names`` (or call
+    `expect_features` from ``load``) so that non-finite features are reported by name, and
+    override ``validate(name, array)`` for checks the generic ones cannot make (string inputs).
+    ``load`` can read its weights with `load_weights`.
     """
 
     inputs: Mapping[str, tuple[int, ...] | None] = {}
@@ -63,6 +83,22 @@ class BatchedModel:
 
     def compute(self, batch: Mapping[str, object], xp) -> Mapping[str, object]:  # pragma: no cover
         raise NotImplementedError
+
+    def expect_features(self, names: Sequence[str], window_bars: int | None = None, where: object = "") -> None:
+        """Checks the weights' features (and window length) against the ``FEATURES`` input.
+
+        Remembers the names, so that non-finite inputs are reported by feature name.
+
+        Raises:
+            ValueError: the weights expect another input than the model serves (the message
+                starts with ``where``, the weights' location).
+        """
+        names = [str(n) for n in names]
+        window, n_features = self.inputs["FEATURES"]
+        if len(names) != n_features or window_bars not in (None, window):
+            expected = f"{len(names)} features" if window_bars is None else f"[{window_bars}, {len(names)}] inputs"
+            raise ValueError(f"{where}: weights expect {expected}, the model serves [{window}, {n_features}]")
+        self.feature_names = names
 
     def validate(self, name: str, array: np.ndarray) -> None:
         """Checks one request's input after the generic checks; raise `InputError` to refuse it.

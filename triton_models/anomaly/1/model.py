@@ -7,12 +7,10 @@ pass is `_runtime.anomaly.forward`; this file only wires it to Triton.
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from _runtime.anomaly import AnomalyParams, forward  # noqa: E402
-from _runtime.triton import BatchedModel, InputError  # noqa: E402,F401  (InputError: the shared contract)
+from _runtime.triton import BatchedModel, load_weights  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
@@ -20,18 +18,9 @@ class TritonPythonModel(BatchedModel):
     outputs = ("SCORE", "FLAG", "IFOREST", "RECON")
 
     def load(self, version_dir: Path, xp) -> None:
-        path = version_dir / "weights.npz"
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights at {path}; train them with `tickmesh models train anomaly`")
-        with np.load(path, allow_pickle=False) as z:
-            weights = {k: z[k] for k in z.files}
-        names = [str(n) for n in weights["feature_names"]]
-        if len(names) != self.inputs["FEATURES"][1]:
-            raise ValueError(f"{path}: weights expect {len(names)} features, "
-                             f"the model serves {self.inputs['FEATURES'][1]}")
+        weights = load_weights(version_dir, "anomaly")
+        self.expect_features(weights["feature_names"], where=version_dir / "weights.npz")
         self.params = AnomalyParams(weights, xp)
-        # Non-finite inputs are reported by feature name.
-        self.feature_names = names
 
     def compute(self, batch, xp):
         return forward(xp, self.params, batch["FEATURES"])

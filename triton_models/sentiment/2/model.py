@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from _runtime.text import TextError, TfidfLinear, decode_texts  # noqa: E402
-from _runtime.triton import BatchedModel, InputError  # noqa: E402
+from _runtime.triton import BatchedModel, InputError, load_weights  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
@@ -22,12 +22,7 @@ class TritonPythonModel(BatchedModel):
     outputs = ("PROBS", "LABEL")
 
     def load(self, version_dir: Path, xp) -> None:
-        path = version_dir / "weights.npz"
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights at {path}; train them with "
-                                    f"`tickmesh models train sentiment --version 2 --data LABELLED`")
-        with np.load(path, allow_pickle=False) as z:
-            self.model = TfidfLinear({k: z[k] for k in z.files}, xp)
+        self.model = TfidfLinear(load_weights(version_dir, "sentiment", "--version 2 --data LABELLED"), xp)
 
     def validate(self, name: str, array: np.ndarray) -> None:
         try:
