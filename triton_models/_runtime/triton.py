@@ -6,8 +6,10 @@ request of a dynamic batch is checked on its own (a bad one gets an error respon
 input, row and feature; the others still run), the good ones are concatenated, computed in one
 call, and split back.
 
-The array module is NumPy, or CuPy when the instance runs as KIND_GPU and CuPy is installed
-(one host-to-device copy per batch in, one back out; the model code is the same for both).
+The array module is NumPy, or CuPy when the instance runs as KIND_GPU and CuPy is installed; the
+model code is the same for both. On the GPU, tensors that arrive in GPU memory are taken through
+DLPack without a copy (CPU tensors are copied to the device once per batch), and outputs go back
+through DLPack. The GPU path has not run yet: no accelerator was available where it was written.
 """
 
 from __future__ import annotations
@@ -107,26 +109,34 @@ class BatchedModel:
         ``compute`` fails the whole dynamic batch). A string input arrives as a 1-D object array.
         """
 
+    def _tensor(self, t):
+        """A request tensor as an array: NumPy, or (a tensor already on the GPU of a KIND_GPU
+        instance) a CuPy array over the same memory, through DLPack."""
+        if self.xp is not np and not t.is_cpu():
+            return self.xp.from_dlpack(t.to_dlpack())
+        return t.as_numpy()
+
     def _read(self, request) -> dict[str, np.ndarray]:
         out = {}
         for name, shape in self.inputs.items():
             t = pb_utils.get_input_tensor_by_name(request, name)
             if t is None:
                 raise InputError(f"missing input {name!r}")
-            a = t.as_numpy()
+            a = self._tensor(t)
             if shape is None:
                 out[name] = a.reshape(-1)
                 self.validate(name, out[name])
                 continue
             if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != tuple(shape):
                 raise InputError(f"input {name!r} has shape {list(a.shape)}, expected [batch, {', '.join(map(str, shape))}]")
-            bad = ~np.isfinite(a)
-            if bad.any():
-                where = np.argwhere(bad)[0]
-                col = int(where[-1])
+            xp = np if isinstance(a, np.ndarray) else self.xp
+            bad = ~xp.isfinite(a)
+            if bool(bad.any()):
+                where = [int(i) for i in xp.argwhere(bad)[0].tolist()]
+                col = where[-1]
                 what = self.feature_names[col] if col < len(self.feature_names) else f"column {col}"
                 raise InputError(f"input {name!r} has {int(bad.sum())} non-finite values; first at "
-                                 f"index {where.tolist()} ({what})")
+                                 f"index {where} ({what})")
             self.validate(name, a)
             out[name] = a
         return out
@@ -140,28 +150,38 @@ class BatchedModel:
                 good.append(i)
             except InputError as exc:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
-        if good:
-            sizes = [next(iter(p.values())).shape[0] for p in parts]
-            batch = {name: np.concatenate([p[name] for p in parts]) for name in self.inputs}
-            xp = self.xp
-            if xp is not np:
-                batch = {k: (xp.asarray(v) if v.dtype != object else v) for k, v in batch.items()}
-            try:
-                result = self.compute(batch, xp)
-            except InputError as exc:
-                for i in good:
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
-                return responses
-            host = {k: _to_numpy(v) for k, v in result.items()}
-            start = 0
-            for i, n in zip(good, sizes):
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(host[name][start:start + n]))
-                           for name in self.outputs]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-                start += n
+        if not good:
+            return responses
+        xp = self.xp
+        sizes = [next(iter(p.values())).shape[0] for p in parts]
+        batch = {}
+        for name in self.inputs:
+            arrays = [p[name] for p in parts]
+            if xp is np or arrays[0].dtype == object:  # strings stay on the host
+                batch[name] = np.concatenate(arrays)
+            else:  # one host-to-device copy per CPU tensor; GPU tensors are already there
+                batch[name] = xp.concatenate([xp.asarray(a) for a in arrays])
+        try:
+            result = self.compute(batch, xp)
+        except InputError as exc:
+            for i in good:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+            return responses
+        start = 0
+        for i, n in zip(good, sizes):
+            responses[i] = pb_utils.InferenceResponse(
+                output_tensors=[_output(name, result[name][start:start + n]) for name in self.outputs])
+            start += n
         return responses
 
 
-def _to_numpy(a) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else a.get()
+def _output(name: str, a) -> "pb_utils.Tensor":
+    """A response tensor: NumPy as is; a CuPy array handed over through DLPack (no copy to the host),
+    except booleans, which DLPack consumers do not all take."""
+    if isinstance(a, np.ndarray):
+        return pb_utils.Tensor(name, np.ascontiguousarray(a))
+    if a.dtype == bool:
+        return pb_utils.Tensor(name, np.ascontiguousarray(a.get()))
+    import cupy
 
+    return pb_utils.Tensor.from_dlpack(name, cupy.ascontiguousarray(a))
