@@ -41,6 +41,7 @@ __all__ = [
     "Bar",
     "FeatureVector",
     "Prediction",
+    "Signal",
     "DeadLetter",
     "Envelope",
     "Codec",
@@ -48,6 +49,7 @@ __all__ = [
     "bar_msg_id",
     "feat_msg_id",
     "pred_msg_id",
+    "sig_id",
     "json_schema",
     "traceparent",
 ]
@@ -239,6 +241,45 @@ class Prediction(msgspec.Struct, array_like=True, frozen=True, tag="pred"):
     last_recv_ns: int = 0
 
 
+class Signal(msgspec.Struct, array_like=True, frozen=True, kw_only=True, tag="sig"):
+    """An actionable signal for one bar of one symbol, on ``sig.<venue>.<symbol>``.
+
+    Prices in the quote currency; ``confidence`` 0..100 (the calibrated probability that the
+    action is right); ``expected_return`` and ``uncertainty`` are the forecast's log return and
+    its std at the first horizon (NaN without a forecast); ``expected_value`` is in units of the
+    amount risked; ``kelly_fraction`` the full Kelly fraction, ``position_fraction`` what the risk
+    rules kept of it (of equity), ``position_size`` the signed notional and ``qty`` the signed
+    quantity. ``contributions`` are each source's share of the vote, ``top_features`` the
+    features behind the strongest rules, ``veto`` why a BUY/SELL view became HOLD or 0 size.
+    """
+
+    id: str
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    action: str
+    price: float
+    confidence: float
+    score: float
+    expected_return: float
+    uncertainty: float
+    risk_reward: float
+    expected_value: float
+    kelly_fraction: float
+    position_fraction: float
+    position_size: float
+    qty: float
+    stop_loss: float
+    take_profit: float
+    contributions: dict[str, float]
+    top_features: dict[str, float]
+    model_versions: dict[str, int]
+    degraded: bool = False
+    veto: str = ""
+    calibrated: bool = False
+
+
 class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     """An input that a stage could not use, kept with the reason so nothing is silently dropped."""
 
@@ -251,7 +292,7 @@ class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     detail: str = ""
 
 
-Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, Prediction, DeadLetter]
+Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, Prediction, Signal, DeadLetter]
 
 
 class Codec:
@@ -299,6 +340,11 @@ def bar_msg_id(bar: Bar) -> str:
 def feat_msg_id(vec: FeatureVector) -> str:
     """Deterministic Nats-Msg-Id of a feature vector: its bar's identity."""
     return f"feat.{vec.tf}.{vec.venue}.{vec.symbol}.{vec.start_ns}"
+
+
+def sig_id(tf: str, venue: str, symbol: str, start_ns: int) -> str:
+    """Deterministic id (and Nats-Msg-Id) of a signal: its bar's identity."""
+    return f"sig.{tf}.{venue}.{symbol}.{start_ns}"
 
 
 def pred_msg_id(p: Prediction) -> str:

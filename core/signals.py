@@ -1,0 +1,139 @@
+"""The decision stage: feature vectors and the predictions made for them → signals.
+
+One object, used the same way live and in a replay, so that a replay of the same inputs gives the
+same signals. Per bar close, for every vector of the chunk at once: the paper portfolio is marked
+at the bars' closes, the `core.decision.DecisionEngine` votes (rules + forecast, anomaly veto,
+regime size), `core.risk` turns the action into ATR stops, risk-reward, Kelly and a position size
+within the limits, the paper portfolio takes the order as a fill, and one `core.schema.Signal`
+per vector records all of it with the evidence (contributions, top features, model versions).
+
+Each (venue, symbol, timeframe) is its own paper book (a 1m and a 1h signal on the same symbol
+do not trade one position).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from core.decision import HOLD, RULE_FEATURES, SOURCES, VETO_REASONS, Calibration, DecisionEngine, DecisionSettings
+from core.errors import SchemaError
+from core.portfolio import Portfolio
+from core.risk import VETO_NAMES, RiskSettings, size, stops
+from core.schema import FeatureVector, Prediction, Signal, sig_id
+
+__all__ = ["DecisionStage"]
+
+_ACTIONS = {1: "BUY", -1: "SELL", 0: "HOLD"}
+_RULES = [s for s in SOURCES if s in RULE_FEATURES]
+
+
+def _first(p: Prediction | None, name: str, default: float = np.nan) -> float:
+    if p is None or name not in p.outputs or not p.outputs[name]:
+        return default
+    return float(p.outputs[name][0])
+
+
+class DecisionStage:
+    """Signals for feature vectors, with state (weights, pending votes, paper portfolio) that
+    survives restarts through `snapshot`/`restore`.
+
+    Args:
+        names: the feature layout of the vectors.
+        settings: voting settings.
+        risk: risk settings (the paper account starts with ``risk.equity_start``).
+        calibration: a fitted confidence table (None: uncalibrated).
+    """
+
+    def __init__(self, names: Sequence[str], settings: DecisionSettings | None = None,
+                 risk: RiskSettings | None = None, calibration: Calibration | None = None) -> None:
+        self.names = list(names)
+        self.engine = DecisionEngine(self.names, settings, calibration)
+        self.risk = risk or RiskSettings()
+        self.portfolio = Portfolio(self.risk.equity_start)
+        self._rows: dict[tuple[str, str, str], int] = {}
+        if "atr_14" not in self.names:
+            raise SchemaError("the feature layout lacks atr_14, which the stops are scaled by")
+        self._atr = self.names.index("atr_14")
+
+    def _row_ids(self, keys: list[tuple[str, str, str]]) -> np.ndarray:
+        new = [k for k in dict.fromkeys(keys) if k not in self._rows]
+        if new:
+            for k, r in zip(new, self.engine.grow(len(new)).tolist()):
+                self._rows[k] = r
+        return np.array([self._rows[k] for k in keys], dtype=np.int64)
+
+    def decide(self, vectors: Sequence[FeatureVector],
+               predictions: Sequence[Mapping[str, Prediction]]) -> list[Signal]:
+        """One signal per vector (one vector per series in a call).
+
+        Args:
+            vectors: feature vectors of one bar close, each with its ``close``.
+            predictions: per vector, model name → the prediction made for it (may be empty).
+
+        Raises:
+            SchemaError: a vector of another feature layout.
+        """
+        if not vectors:
+            return []
+        for v in vectors:
+            if len(v.names) != len(self.names) or (v.names is not self.names and list(v.names) != self.names):
+                raise SchemaError(f"{v.venue}/{v.symbol}: feature layout differs from the decision stage's")
+        keys = [(v.tf, v.venue, v.symbol) for v in vectors]
+        books = [(v.venue, f"{v.symbol}/{v.tf}") for v in vectors]
+        rows = self._row_ids(keys)
+        features = np.stack([v.array() for v in vectors])
+        price = np.array([v.close for v in vectors], dtype=np.float64)
+        ts = np.array([v.start_ns for v in vectors], dtype=np.int64)
+        fc = [p.get("forecast") for p in predictions]
+        p_up = np.array([_first(p, "P_UP") for p in fc])
+        anomaly = np.array([_first(p.get("anomaly"), "FLAG", 0.0) > 0.5 for p in predictions])
+        regime = np.array([int(_first(p.get("regime"), "LABEL", 1.0)) for p in predictions])
+        ok_px = np.isfinite(price) & (price > 0)
+        if ok_px.any():
+            sel = np.flatnonzero(ok_px)
+            self.portfolio.mark([books[i] for i in sel], price[sel], ts[sel])
+        d = self.engine.step(rows, features, price, p_up=np.where(np.isfinite(p_up), p_up, np.nan)
+                             if np.isfinite(p_up).any() else None, anomaly=anomaly, regime=regime)
+        stop, take = stops(d.action, price, features[:, self._atr], self.risk)
+        pf = self.portfolio
+        z = size(d.action, d.confidence, price, stop, take, equity=pf.equity, drawdown=pf.drawdown,
+                 daily_loss=pf.daily_loss, exposure=pf.gross_exposure,
+                 position_notional=pf.position_notional(books), settings=self.risk)
+        fraction, notional, qty = z.fraction * d.size_factor, z.notional * d.size_factor, z.qty * d.size_factor
+        trade = np.flatnonzero(qty != 0)
+        if trade.size:
+            pf.apply_fills([books[i] for i in trade], qty[trade], price[trade], ts[trade], "signal",
+                           ids=[sig_id(*keys[i], int(ts[i])) for i in trade])
+        return [self._signal(i, v, p, d, z, fraction, notional, qty, stop, take, price, features)
+                for i, (v, p) in enumerate(zip(vectors, predictions))]
+
+    def _signal(self, i, v, preds, d, z, fraction, notional, qty, stop, take, price, features) -> Signal:
+        contrib = {s: float(d.contributions[i, j]) for j, s in enumerate(SOURCES) if np.isfinite(d.votes[i, j])}
+        strongest = sorted((s for s in _RULES if s in contrib), key=lambda s: -abs(contrib[s]))[:2]
+        top = {n: float(features[i, self.names.index(n)]) for s in strongest for n in RULE_FEATURES[s]}
+        veto = VETO_REASONS[d.veto[i]] or (VETO_NAMES[z.veto[i]] if d.action[i] != HOLD and z.veto[i] else "")
+        fc = preds.get("forecast")
+        return Signal(
+            id=sig_id(v.tf, v.venue, v.symbol, v.start_ns), venue=v.venue, symbol=v.symbol, tf=v.tf,
+            start_ns=v.start_ns, action=_ACTIONS[int(d.action[i])], price=float(price[i]),
+            confidence=float(d.confidence[i]), score=float(d.score[i]),
+            expected_return=_first(fc, "MEAN"), uncertainty=_first(fc, "STD"),
+            risk_reward=float(z.risk_reward[i]), expected_value=float(z.expected_value[i]),
+            kelly_fraction=float(z.kelly[i]), position_fraction=float(fraction[i]),
+            position_size=float(notional[i]), qty=float(qty[i]), stop_loss=float(stop[i]),
+            take_profit=float(take[i]), contributions=contrib, top_features=top,
+            model_versions={m: p.version for m, p in preds.items()},
+            degraded=any(p.degraded for p in preds.values()), veto=veto, calibrated=d.calibrated)
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode([self.engine.snapshot(), self.portfolio.to_bytes(),
+                                       [[list(k), r] for k, r in self._rows.items()]])
+
+    def restore(self, data: bytes) -> None:
+        engine, portfolio, rows = msgspec.msgpack.decode(data)
+        self.engine.restore(engine)
+        self.portfolio = Portfolio.from_bytes(portfolio)
+        self._rows = {tuple(k): r for k, r in rows}
