@@ -23,12 +23,15 @@ Confidence (0–100) is the probability that the action is right, read from a ca
 (`Calibration`) fitted on a replay: |S| in bins → the hit rate observed there. Until one is
 fitted the mapping is the uncalibrated 50 + 50 |S|, and the signal says so.
 
-Weights (documented update rule, bounded, persisted): each source keeps an exponentially weighted
-hit rate aᵢ (start 0.5) of its non-zero votes against the sign of the next bar's log return; after
-a bar with m scored votes and hit share h, aᵢ ← aᵢ + (1 − (1 − λ)^m)(h − aᵢ), λ = ``learning_rate``
-(0.02 per vote). The weight is wᵢ = clip(1 + 4 (aᵢ − 0.5), ``weight_min``, ``weight_max``): a
-source right 60% of the time gets 1.4, one right 40% gets 0.6, a coin gets 1. User feedback moves
-aᵢ the same way (`DecisionEngine.feedback`).
+Weights (documented update rule, bounded, persisted): each source keeps, per series (symbol and
+timeframe), an exponentially weighted hit rate aᵢ (start 0.5) of its non-zero votes against the
+sign of the next bar's log return: after each scored vote aᵢ ← aᵢ + λ (hit − aᵢ), λ =
+``learning_rate`` (0.02). The weight is wᵢ = base_i · clip(1 + 4 (aᵢ − 0.5), ``weight_min``,
+``weight_max``): a source right 60% of the time on that series gets 1.4, one right 40% gets 0.6, a
+coin gets 1. Per series, because a rule that works on one market may fail on another, and
+because then every series' state depends on its own bars alone: the same bars give the same
+signals however a stream is cut into chunks (live equals replay). User feedback on a signal
+moves its series' aᵢ the same way (`DecisionEngine.feedback`).
 """
 
 from __future__ import annotations
@@ -171,12 +174,12 @@ class DecisionEngine:
             raise ConfigError(f"base_weights for unknown sources {unknown}; sources: {list(SOURCES)}")
         self.index = {n: i for i, n in enumerate(names)}
         self.calibration = calibration
-        self.hit_rate = np.full(len(SOURCES), 0.5)
         self.base = np.array([self.settings.base_weights.get(s, 1.0) for s in SOURCES])
         # Per row (a symbol's series): the last bar's votes and price, scored when its next bar
         # arrives. Rows are allocated by `grow`, as the feature engine's are.
         self._prev_votes = np.full((0, len(SOURCES)), np.nan)
         self._prev_price = np.full(0, np.nan)
+        self.hit_rate = np.full((0, len(SOURCES)), 0.5)  # (rows, sources)
 
     @property
     def rows(self) -> int:
@@ -187,16 +190,18 @@ class DecisionEngine:
         start = self.rows
         self._prev_votes = np.concatenate([self._prev_votes, np.full((n, len(SOURCES)), np.nan)])
         self._prev_price = np.concatenate([self._prev_price, np.full(n, np.nan)])
+        self.hit_rate = np.concatenate([self.hit_rate, np.full((n, len(SOURCES)), 0.5)])
         return np.arange(start, start + n)
 
     def __repr__(self) -> str:
-        w = ", ".join(f"{s}={x:.2f}" for s, x in zip(SOURCES, self.weights))
-        return f"DecisionEngine(threshold={self.settings.threshold}, weights=({w}))"
+        mean = self.weights(np.arange(self.rows)).mean(axis=0) if self.rows else self.base
+        w = ", ".join(f"{s}={x:.2f}" for s, x in zip(SOURCES, mean))
+        return f"DecisionEngine(threshold={self.settings.threshold}, rows={self.rows}, mean weights=({w}))"
 
-    @property
-    def weights(self) -> np.ndarray:
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), sources) current weights of those series."""
         s = self.settings
-        return self.base * np.clip(1.0 + 4.0 * (self.hit_rate - 0.5), s.weight_min, s.weight_max)
+        return self.base * np.clip(1.0 + 4.0 * (self.hit_rate[rows] - 0.5), s.weight_min, s.weight_max)
 
     def votes(self, features: np.ndarray, price: np.ndarray, p_up: np.ndarray | None = None,
               sentiment: np.ndarray | None = None) -> np.ndarray:
@@ -244,9 +249,9 @@ class DecisionEngine:
         price = np.asarray(price, dtype=np.float64)
         rows = np.asarray(rows, dtype=np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.learn(self._prev_votes[rows], np.log(price / self._prev_price[rows]))
+            self.learn(rows, self._prev_votes[rows], np.log(price / self._prev_price[rows]))
         v = self.votes(np.asarray(features, dtype=np.float64), price, p_up, sentiment)
-        w = self.weights
+        w = self.weights(rows)
         has = np.isfinite(v)
         wsum = (has * w).sum(axis=1)
         contrib = np.where(has, v * w, 0.0) / np.where(wsum > 0, wsum, np.nan)[:, None]
@@ -270,34 +275,29 @@ class DecisionEngine:
         return Decisions(action=action, score=score, confidence=conf, votes=v, contributions=np.nan_to_num(contrib),
                          veto=veto, size_factor=size, calibrated=self.calibration is not None)
 
-    def learn(self, votes: np.ndarray, realized: np.ndarray) -> None:
-        """Updates each source's hit rate from votes (m, sources) and the returns that followed (m,).
-
-        Only non-zero finite votes against a non-zero finite return count.
-        """
+    def learn(self, rows: np.ndarray, votes: np.ndarray, realized: np.ndarray) -> None:
+        """Scores one vote per row: votes (len(rows), sources) against the log return that
+        followed (len(rows),). Only non-zero finite votes against a non-zero finite return count."""
         direction = np.sign(realized)[:, None]
         scored = np.isfinite(votes) & (votes != 0) & np.isfinite(direction) & (direction != 0)
-        m = scored.sum(axis=0)
-        hits = (scored & (np.sign(votes) == direction)).sum(axis=0)
-        upd = m > 0
-        share = np.where(upd, hits / np.maximum(m, 1), 0.0)
-        step = 1.0 - (1.0 - self.settings.learning_rate) ** m
-        self.hit_rate = np.where(upd, self.hit_rate + step * (share - self.hit_rate), self.hit_rate)
+        hit = (np.sign(votes) == direction).astype(np.float64)
+        a = self.hit_rate[rows]
+        self.hit_rate[rows] = np.where(scored, a + self.settings.learning_rate * (hit - a), a)
 
-    def feedback(self, votes: np.ndarray, action: int, agreed: bool) -> None:
-        """A user's verdict on one signal: ``agreed`` (executed it) counts as the market moving the
-        signal's way, dismissing it as the market moving against; each voting source's hit rate
-        moves as `learn` moves it for one scored bar."""
+    def feedback(self, row: int, votes: np.ndarray, action: int, agreed: bool) -> None:
+        """A user's verdict on one signal of series ``row``: ``agreed`` (executed it) counts as the
+        market moving the signal's way, dismissing it as the market moving against; each voting
+        source's hit rate moves as `learn` moves it for one scored bar."""
         direction = float(action) if agreed else -float(action)
         if direction:
-            self.learn(np.asarray(votes, dtype=np.float64)[None, :], np.array([direction]))
+            self.learn(np.array([row]), np.asarray(votes, dtype=np.float64)[None, :], np.array([direction]))
 
     def snapshot(self) -> bytes:
         """Hit rates and each row's pending votes, to survive a restart."""
-        return msgspec.msgpack.encode([self.hit_rate.tolist(), self._prev_votes.tobytes(), self._prev_price.tobytes()])
+        return msgspec.msgpack.encode([self.hit_rate.tobytes(), self._prev_votes.tobytes(), self._prev_price.tobytes()])
 
     def restore(self, data: bytes) -> None:
         hit, votes, price = msgspec.msgpack.decode(data)
-        self.hit_rate = np.asarray(hit, dtype=np.float64)
+        self.hit_rate = np.frombuffer(hit, dtype=np.float64).reshape(-1, len(SOURCES)).copy()
         self._prev_price = np.frombuffer(price, dtype=np.float64).copy()
         self._prev_votes = np.frombuffer(votes, dtype=np.float64).reshape(-1, len(SOURCES)).copy()
