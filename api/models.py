@@ -7,11 +7,13 @@ fields as approximate (to within a microsecond) or read them as strings.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import msgspec
 
-from core.schema import Bar
+from core.schema import TIMEFRAME_NS, Bar
 
 __all__ = [
     "BarOut",
@@ -19,6 +21,7 @@ __all__ = [
     "FeatureRowOut",
     "FeaturesOut",
     "PredictionOut",
+    "SignalOut",
     "SymbolOut",
     "SymbolsOut",
     "ErrorOut",
@@ -96,6 +99,51 @@ class PredictionOut(msgspec.Struct, frozen=True):
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "PredictionOut":
         return cls(**{f: row[f] for f in cls.__struct_fields__})
+
+
+class SignalOut(msgspec.Struct, frozen=True):
+    """One signal (`core.schema.Signal`), with ``timestamp`` (the bar's close, ISO-8601 UTC) and
+    ``timeframe`` as a trader reads them. NaN numbers (no stop while ATR warms up) are ``null``."""
+
+    id: str
+    timestamp: str
+    venue: str
+    symbol: str
+    timeframe: str
+    start_ns: int
+    action: str
+    price: float | None
+    confidence: float
+    score: float | None
+    expected_return: float | None
+    uncertainty: float | None
+    risk_reward: float | None
+    expected_value: float | None
+    kelly_fraction: float | None
+    position_fraction: float
+    position_size: float
+    qty: float
+    stop_loss: float | None
+    take_profit: float | None
+    contributions: dict[str, float]
+    top_features: dict[str, float | None]
+    model_versions: dict[str, int]
+    degraded: bool
+    veto: str
+    calibrated: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "SignalOut":
+        end_ns = row["start_ns"] + TIMEFRAME_NS[row["tf"]]
+        stamp = datetime.fromtimestamp(end_ns // 1_000_000_000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        fields = {k: _finite(v) for k, v in row.items() if k not in ("tf",)}
+        fields["top_features"] = {k: _finite(v) for k, v in row["top_features"].items()}
+        fields["degraded"], fields["calibrated"] = bool(row["degraded"]), bool(row["calibrated"])
+        return cls(timestamp=stamp, timeframe=row["tf"], **fields)
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 class TradeOut(msgspec.Struct, frozen=True):

@@ -16,7 +16,9 @@ from typing import Annotated, Literal, Mapping
 
 import msgspec
 
+from core.decision import DecisionSettings
 from core.errors import ConfigError
+from core.risk import RiskSettings
 from core.schema import TIMEFRAME_NS
 
 __all__ = [
@@ -67,6 +69,8 @@ class StreamsConfig(_Section):
     feat_max_bytes: PositiveInt = 2 * 1024**3
     pred_max_age_s: Positive = 7 * 86400
     pred_max_bytes: PositiveInt = 1024**3
+    sig_max_age_s: Positive = 90 * 86400
+    sig_max_bytes: PositiveInt = 1024**3
     dlq_max_age_s: Positive = 30 * 86400
     dlq_max_bytes: PositiveInt = 256 * 1024**2
     duplicate_window_s: Positive = 120.0
@@ -192,6 +196,8 @@ class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     triton: TritonConfig = TritonConfig()
     inference: InferenceConfig = InferenceConfig()
+    decision: DecisionSettings = DecisionSettings()
+    risk: RiskSettings = RiskSettings()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
 

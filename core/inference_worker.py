@@ -1,5 +1,5 @@
 """The inference worker: feature vectors in from ``feat.*``, predictions out on
-``pred.<model>.<venue>.<symbol>``.
+``pred.<model>.<venue>.<symbol>`` and signals on ``sig.<venue>.<symbol>``.
 
 For each (timeframe, venue, symbol) it keeps the last `WINDOW_BARS` vectors restricted to
 `MODEL_FEATURES` (the models' input). Once a series has that many consecutive vectors with every
@@ -7,9 +7,14 @@ model feature finite, each new vector gets one prediction per model in ``inferen
 through `core.inference.InferenceClient`: micro-batched across symbols, routed by version, and
 answered by the rule-based fallback (``degraded``) while Triton is down or slow.
 
-Windows are snapshotted like the feature worker's state (`core._snapshot_worker`), so a restart
-gives the same windows, the same requests and, Triton answering, the same predictions under the
-same Msg-Ids (`core.schema.pred_msg_id`).
+Every vector then gets a signal from the decision stage (`core.signals.DecisionStage`: rules,
+the predictions as evidence, risk sizing, the paper book); vectors still warming up for the models
+get rule-only signals.
+
+Windows and the decision state are snapshotted like the feature worker's state
+(`core._snapshot_worker`), so a restart gives the same windows, the same requests and, Triton
+answering, the same predictions and signals under the same Msg-Ids (`core.schema.pred_msg_id`,
+`core.schema.sig_id`).
 
 Dead letters (``dlq.inference.<venue>``): a message that is not a feature vector, a vector
 without the model features, a vector whose model features turn non-finite after the series had
@@ -38,6 +43,7 @@ from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS, summarize
 from core.routing import config_route, decode_route, route_key
 from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, FeatureVector, Prediction, pred_msg_id
+from core.signals import DecisionStage
 
 __all__ = ["InferenceWorker", "InferenceStats", "register"]
 
@@ -55,6 +61,9 @@ class InferenceStats(msgspec.Struct):
     vectors: int = 0
     predictions: int = 0
     degraded: int = 0
+    signals: int = 0
+    buy: int = 0
+    sell: int = 0
     warming: int = 0
     dead_letters: int = 0
     series: int = 0
@@ -80,6 +89,8 @@ class _State(msgspec.Struct, array_like=True):
     windows: bytes
     finite_runs: list[int]
     warmed: list[bool]
+    decision_names: list[str] = []
+    decision: bytes = b""
 
 
 class InferenceWorker(SnapshotWorker):
@@ -110,6 +121,8 @@ class InferenceWorker(SnapshotWorker):
         self._columns: dict[str, np.ndarray | None] = {}
         self._client: InferenceClient | None = None
         self._watch: asyncio.Task | None = None
+        self._decision_cfg = (cfg.decision, cfg.risk)
+        self.decisions: DecisionStage | None = None  # made for the layout of the first vector
 
     def __repr__(self) -> str:
         return f"InferenceWorker(name={self.name!r}, models={self.cfg.models}, triton={self.triton_url!r})"
@@ -117,13 +130,16 @@ class InferenceWorker(SnapshotWorker):
     # -- state --------------------------------------------------------------------------------
     def reset_state(self) -> None:
         self.series = {}
+        self.decisions = None
 
     def state_bytes(self) -> bytes:
         keys = list(self.series)
         windows = np.stack([self.series[k].window for k in keys]) if keys else np.empty(0)
+        d = self.decisions
         return msgspec.msgpack.encode(_State(_LAYOUT, keys, windows.astype("<f8").tobytes(),
                                              [self.series[k].finite_run for k in keys],
-                                             [self.series[k].warmed for k in keys]))
+                                             [self.series[k].warmed for k in keys],
+                                             d.names if d else [], d.snapshot() if d else b""))
 
     def restore_state(self, data: bytes) -> None:
         st = msgspec.msgpack.decode(data, type=_State)
@@ -136,6 +152,10 @@ class InferenceWorker(SnapshotWorker):
             s.window[:] = windows[i]
             s.finite_run, s.warmed = st.finite_runs[i], st.warmed[i]
             self.series[tuple(key)] = s
+        self.decisions = None
+        if st.decision:
+            self.decisions = DecisionStage(st.decision_names, *self._decision_cfg)
+            self.decisions.restore(st.decision)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -204,8 +224,10 @@ class InferenceWorker(SnapshotWorker):
         return cols
 
     async def on_chunk(self, msgs: list) -> None:
-        """Windows updated in stream order, then every due prediction requested at once."""
-        due: list[tuple[FeatureVector, np.ndarray]] = []
+        """Windows updated in stream order, every due prediction requested at once, then one
+        signal per vector (its predictions, when it had any, as evidence)."""
+        due: list[tuple[int, np.ndarray]] = []
+        vectors: list[FeatureVector] = []
         for msg in msgs:
             if not self.accept(msg):
                 continue
@@ -222,7 +244,14 @@ class InferenceWorker(SnapshotWorker):
             cols = self._model_columns(vec)
             if cols is None:
                 missing = [n for n in MODEL_FEATURES if n not in vec.names]
-                await self.dead_letter(msg.subject, f"feature vector lacks model features {missing}", msg.data, str(seq))
+                await self.dead_letter(msg.subject, f"feature vector lacks model features {missing}", msg.data,
+                                       str(seq))
+                continue
+            if self.decisions is None:
+                self.decisions = DecisionStage(vec.names, *self._decision_cfg)
+            elif vec.names != self.decisions.names:
+                await self.dead_letter(msg.subject, "feature layout differs from the one this worker decides on",
+                                       msg.data, str(seq))
                 continue
             key = (vec.tf, vec.venue, vec.symbol)
             s = self.series.get(key) or self.series.setdefault(key, _Series())
@@ -238,32 +267,50 @@ class InferenceWorker(SnapshotWorker):
                     await self.dead_letter(msg.subject, f"non-finite model features after warm-up: {bad}",
                                            msg.data, str(seq))
                     continue
+            vectors.append(vec)
             if s.finite_run >= WINDOW_BARS:
                 s.warmed = True
-                due.append((vec, s.window.copy()))
+                due.append((len(vectors) - 1, s.window.copy()))
             else:
                 self.stats.warming += 1
         self.stats.series = len(self.series)
+        preds: list[dict[str, Prediction]] = [{} for _ in vectors]
         if due:
-            await self._predict_and_publish(due)
+            await self._predict_and_publish(vectors, due, preds)
+        if vectors:
+            await self._decide_and_publish(vectors, preds)
         await self.ack(msgs)
         self.stats.models = self._client.metrics() if self._client else {}
 
-    async def _predict_and_publish(self, due: list[tuple[FeatureVector, np.ndarray]]) -> None:
-        calls = [(vec, model, self._client.predict(model, f"{vec.venue}/{vec.symbol}", {"FEATURES": w[None]}))
-                 for vec, w in due for model in self.cfg.models]
+    async def _predict_and_publish(self, vectors: list[FeatureVector], due: list[tuple[int, np.ndarray]],
+                                   preds: list[dict[str, Prediction]]) -> None:
+        calls = [(i, model, self._client.predict(model, f"{vectors[i].venue}/{vectors[i].symbol}",
+                                                  {"FEATURES": w[None]}))
+                 for i, w in due for model in self.cfg.models]
         results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
-        for (vec, model, _), res in zip(calls, results):
-            subject = subjects.feat(vec.tf, vec.venue, vec.symbol)
+        for (i, model, _), res in zip(calls, results):
+            vec = vectors[i]
             if isinstance(res, InferenceError):
-                await self.dead_letter(subject, str(res), self._codec.encode(vec),
+                await self.dead_letter(subjects.feat(vec.tf, vec.venue, vec.symbol), str(res), self._codec.encode(vec),
                                        f"{model}.{vec.tf}.{vec.venue}.{vec.symbol}.{vec.start_ns}")
                 continue
             if isinstance(res, BaseException):
                 raise res
-            await self._publish(vec, model, res)
+            preds[i][model] = await self._publish(vec, model, res)
 
-    async def _publish(self, vec: FeatureVector, model: str, res: Result) -> None:
+    async def _decide_and_publish(self, vectors: list[FeatureVector], preds: list[dict[str, Prediction]]) -> None:
+        """Signals, one vector at a time in stream order: the paper book couples the series (equity,
+        exposure), so its updates must follow an order that does not depend on how the stream was
+        cut into chunks for a restart to reproduce them."""
+        for vec, p in zip(vectors, preds):
+            for sig in self.decisions.decide([vec], [p]):
+                await self._out.publish(subjects.sig(sig.venue, sig.symbol), self._codec.encode(sig),
+                                        {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA})
+                self.stats.signals += 1
+                self.stats.buy += sig.action == "BUY"
+                self.stats.sell += sig.action == "SELL"
+
+    async def _publish(self, vec: FeatureVector, model: str, res: Result) -> Prediction:
         outputs = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in res.outputs.items()}
         label, confidence, uncertainty = summarize(model, res.outputs)
         p = Prediction(model, vec.venue, vec.symbol, vec.tf, vec.start_ns, res.version, res.role, outputs,
@@ -273,6 +320,7 @@ class InferenceWorker(SnapshotWorker):
                                 {HDR_MSG_ID: pred_msg_id(p), HDR_SCHEMA: _SCHEMA})
         self.stats.predictions += 1
         self.stats.degraded += res.degraded
+        return p
 
 
 def triton_url(cfg: Config) -> str:

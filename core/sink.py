@@ -1,9 +1,10 @@
-"""The sink: JetStream market data, bars, feature vectors, predictions and dead letters into ClickHouse.
+"""The sink: JetStream market data, bars, feature vectors, predictions, signals and dead letters into
+ClickHouse.
 
-Five durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_PRED`, `SINK_DLQ`) are drained
-concurrently. Each fetch of up to ``batch`` messages is decoded, grouped by type and written with
-one columnar insert per table through the Store's worker thread; messages are acked only after
-their insert succeeded. A failed insert leaves its messages unacked (negative ack with a delay) so
+Six durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_PRED`, `SINK_SIG`,
+`SINK_DLQ`) are drained concurrently. Each fetch of up to ``batch`` messages is decoded, grouped by
+type and written with one columnar insert per table through the Store's worker thread; messages are
+acked only after their insert succeeded. A failed insert leaves its messages unacked (negative ack with a delay) so
 JetStream redelivers them; the tables are ReplacingMergeTree, so a redelivered batch is stored
 once. A message the sink cannot use (undecodable, wrong type for its stream, malformed columns)
 becomes a row in ``dead_letters`` with stage ``sink`` and is acked: never dropped silently,
@@ -32,7 +33,7 @@ from nats.js.errors import NotFoundError
 from core import streams
 from core.config import Config
 from core.errors import SchemaError, SubjectError, TickmeshError
-from core.schema import Bar, Codec, DeadLetter, FeatureVector, Prediction, QuoteBatch, TradeBatch
+from core.schema import Bar, Codec, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
 from core.store import Store
 from core.subjects import parse as parse_subject
 
@@ -57,6 +58,7 @@ class SinkStats(msgspec.Struct, kw_only=True):
     bars: int = 0  # bar rows inserted
     features: int = 0  # feature-vector rows inserted
     predictions: int = 0  # prediction rows inserted
+    signals: int = 0  # signal rows inserted
     dead_letters: int = 0  # dead-letter rows inserted (from the DLQ stream and the sink's own)
     insert_errors: int = 0  # failed inserts (their messages were left for redelivery)
     fetch_errors: int = 0  # failed fetches other than an idle timeout
@@ -76,6 +78,7 @@ _SOURCES = (
     _Source(streams.SINK_BARS, streams.BARS_STREAM, (Bar,)),
     _Source(streams.SINK_FEAT, streams.FEAT_STREAM, (FeatureVector,)),
     _Source(streams.SINK_PRED, streams.PRED_STREAM, (Prediction,)),
+    _Source(streams.SINK_SIG, streams.SIG_STREAM, (Signal,)),
     _Source(streams.SINK_DLQ, streams.DLQ_STREAM, (DeadLetter,)),
 )
 
@@ -98,6 +101,9 @@ def _check(item: Any) -> None:
     elif isinstance(item, Prediction):
         if not _fits_int64(item.start_ns, item.last_recv_ns, item.latency_us) or not 0 <= item.version < 2**32:
             raise SchemaError("Prediction: start_ns, last_recv_ns, latency_us or version out of range")
+    elif isinstance(item, Signal):
+        if not _fits_int64(item.start_ns) or any(not 0 <= v < 2**32 for v in item.model_versions.values()):
+            raise SchemaError("Signal: start_ns or a model version out of range")
     elif isinstance(item, DeadLetter):
         if not _fits_int64(item.recv_ns):
             raise SchemaError("DeadLetter: recv_ns outside int64")
@@ -289,6 +295,8 @@ class Sink:
                 add("features", msg, item)
             elif isinstance(item, Prediction):
                 add("predictions", msg, item)
+            elif isinstance(item, Signal):
+                add("signals", msg, item)
             else:
                 add("dead_letters", msg, (item, seq))
 
@@ -298,6 +306,7 @@ class Sink:
             "bars": self._store.insert_bars,
             "features": self._store.insert_features,
             "predictions": self._store.insert_predictions,
+            "signals": self._store.insert_signals,
             "dead_letters": functools.partial(self._store.insert_dead_letters, stream=src.stream),
         }
         stored: list[Msg] = []

@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from core.errors import StoreError
-from core.schema import Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, TradeBatch
+from core.schema import Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
 
 __all__ = ["TABLES", "DDL", "Store"]
 
@@ -68,6 +68,17 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("outputs", "Map(LowCardinality(String), Array(Float64))"), ("latency_us", "Int64"),
         ("last_recv_ns", "Int64"),
     ),
+    "signals": (
+        ("id", "String"), ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"), ("action", _LC),
+        ("price", "Float64"), ("confidence", "Float64"), ("score", "Float64"), ("expected_return", "Float64"),
+        ("uncertainty", "Float64"), ("risk_reward", "Float64"), ("expected_value", "Float64"),
+        ("kelly_fraction", "Float64"), ("position_fraction", "Float64"), ("position_size", "Float64"),
+        ("qty", "Float64"), ("stop_loss", "Float64"), ("take_profit", "Float64"),
+        ("contributions", "Map(LowCardinality(String), Float64)"),
+        ("top_features", "Map(LowCardinality(String), Float64)"),
+        ("model_versions", "Map(LowCardinality(String), UInt32)"), ("degraded", "Bool"), ("veto", _LC),
+        ("calibrated", "Bool"),
+    ),
     "dead_letters": (
         ("stage", _LC), ("venue", _LC), ("symbol", _LC), ("reason", "String"), ("detail", "String"),
         ("raw", "String"), ("recv_ns", "Int64"), ("stream", _LC), ("stream_seq", "UInt64"),
@@ -81,6 +92,7 @@ _ORDER_BY = {
     "bars": "(venue, symbol, tf, start_ns)",
     "features": "(venue, symbol, tf, start_ns)",
     "predictions": "(model, venue, symbol, tf, start_ns)",
+    "signals": "(venue, symbol, tf, start_ns)",
     # The stream is part of the key: sequences of different streams overlap, and the sink
     # dead-letters messages from several streams under one stage.
     "dead_letters": "(stage, venue, stream, stream_seq)",
@@ -372,6 +384,53 @@ class Store:
             "ORDER BY start_ns DESC LIMIT {limit:UInt64}) ORDER BY start_ns", params)
         return {"names": list(names), "start_ns": [r["start_ns"] for r in rows], "values": [r["v"] for r in rows]}
 
+    def _insert_structs(self, table: str, items: Sequence[Any]) -> int:
+        """Inserts wire structs whose field names are the table's columns, one row each."""
+        if not items:
+            return 0
+        with self._guard(f"insert into {table}"):
+            data = []
+            for name, ch_type in TABLES[table]:
+                col = [getattr(x, name) for x in items]
+                dtype = {"Int64": np.int64, "UInt32": np.uint32, "Float64": np.float64}.get(ch_type)
+                data.append(np.array(col, dtype=dtype) if dtype else col)
+        self._insert(table, data)
+        return len(items)
+
+    def insert_signals(self, signals: Sequence[Signal]) -> int:
+        """Inserts signals, one row each (a redelivered signal replaces its row).
+
+        Raises:
+            StoreError: a value does not fit its column or ClickHouse refused the insert.
+        """
+        return self._insert_structs("signals", signals)
+
+    def signals(self, symbol: str, venue: str | None = None, tf: str | None = None, min_confidence: float = 0.0,
+                action: str | None = None, start_ns: int | None = None, end_ns: int | None = None,
+                limit: int = 100) -> list[dict]:
+        """Signals of ``symbol`` with confidence >= ``min_confidence``, newest ``limit``, ascending
+        by bar start. ``venue``, ``tf`` and ``action`` filter when given.
+
+        Raises:
+            StoreError: a negative limit, or the query failed.
+        """
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        params: dict[str, Any] = {"symbol": symbol, "min_confidence": float(min_confidence), "limit": int(limit),
+                                  "start_ns": _INT64_MIN if start_ns is None else int(start_ns),
+                                  "end_ns": _INT64_MAX if end_ns is None else int(end_ns)}
+        where = ["symbol = {symbol:String}", "confidence >= {min_confidence:Float64}",
+                 "start_ns >= {start_ns:Int64}", "start_ns < {end_ns:Int64}"]
+        for col, value in (("venue", venue), ("tf", tf), ("action", action)):
+            if value:
+                params[col] = value
+                where.append(f"{col} = {{{col}:String}}")
+        cols = ", ".join(name for name, _ in TABLES["signals"])
+        return self._rows(
+            "signals",
+            f"SELECT * FROM (SELECT {cols} FROM {{db}}.signals FINAL WHERE {' AND '.join(where)} "
+            "ORDER BY start_ns DESC, venue DESC, tf DESC LIMIT {limit:UInt64}) ORDER BY start_ns, venue, tf", params)
+
     def insert_predictions(self, preds: Sequence[Prediction]) -> int:
         """Inserts predictions, one row each.
 
@@ -381,21 +440,7 @@ class Store:
         Raises:
             StoreError: a value does not fit its column or ClickHouse refused the insert.
         """
-        if not preds:
-            return 0
-        with self._guard("insert into predictions"):
-            data = []
-            for name, ch_type in TABLES["predictions"]:
-                col = [getattr(p, name) for p in preds]
-                if ch_type == "Int64":
-                    col = np.array(col, dtype=np.int64)
-                elif ch_type == "UInt32":
-                    col = np.array(col, dtype=np.uint32)
-                elif ch_type == "Float64":
-                    col = np.array(col, dtype=np.float64)
-                data.append(col)
-        self._insert("predictions", data)
-        return len(preds)
+        return self._insert_structs("predictions", preds)
 
     def predictions(self, venue: str, symbol: str, tf: str | None = None, model: str | None = None,
                     start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000) -> list[dict]:

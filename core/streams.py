@@ -20,6 +20,8 @@ __all__ = [
     "PRED_STREAM",
     "INFERENCE_WORKER",
     "SINK_PRED",
+    "SIG_STREAM",
+    "SINK_SIG",
     "STATE_BUCKET",
     "BARS_WORKER",
     "SINK_MD",
@@ -35,6 +37,7 @@ BARS_STREAM = "BARS"
 DLQ_STREAM = "DLQ"
 FEAT_STREAM = "FEAT"
 PRED_STREAM = "PRED"
+SIG_STREAM = "SIG"
 STATE_BUCKET = "tickmesh_state"
 # Snapshots too large for a KV value (feature state grows with symbols) go to an object store.
 SNAPSHOT_BUCKET = "tickmesh_snapshots"
@@ -47,6 +50,7 @@ FEATURES_WORKER = "features-worker"
 SINK_FEAT = "sink-feat"
 INFERENCE_WORKER = "inference-worker"
 SINK_PRED = "sink-pred"
+SINK_SIG = "sink-sig"
 
 
 def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
@@ -64,6 +68,7 @@ def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
         stream(DLQ_STREAM, ["dlq.>"], cfg.dlq_max_age_s, cfg.dlq_max_bytes),
         stream(FEAT_STREAM, ["feat.>"], cfg.feat_max_age_s, cfg.feat_max_bytes),
         stream(PRED_STREAM, ["pred.>"], cfg.pred_max_age_s, cfg.pred_max_bytes),
+        stream(SIG_STREAM, ["sig.>"], cfg.sig_max_age_s, cfg.sig_max_bytes),
     ]
 
 
@@ -85,6 +90,7 @@ def consumer_configs() -> dict[str, tuple[str, ConsumerConfig]]:
         SINK_FEAT: (FEAT_STREAM, durable(SINK_FEAT, "feat.>")),
         INFERENCE_WORKER: (FEAT_STREAM, durable(INFERENCE_WORKER, "feat.>", AckPolicy.ALL)),
         SINK_PRED: (PRED_STREAM, durable(SINK_PRED, "pred.>")),
+        SINK_SIG: (SIG_STREAM, durable(SINK_SIG, "sig.>")),
     }
 
 

@@ -113,6 +113,7 @@ class StatusLine:
         bars_s = rate("worker", "bars")
         feats_s = rate("features", "vectors")
         preds_s = rate("inference", "predictions")
+        sigs_s = rate("inference", "signals")
         degraded = self._sum(cur, "inference", "degraded")
         lag = sum(self._sum(cur, p, "lag") for p in ("worker", "features", "inference", "sink"))
         dead = sum(self._sum(cur, p, "dead_letters") for p in ("edge", "worker", "features", "inference", "sink"))
@@ -123,6 +124,7 @@ class StatusLine:
             + (f"(r{c.restarts})" if c.restarts else "") for c in components)
         return (f"{time.strftime('%H:%M:%S')}  in {events_s:9,.0f} ev/s  bars {bars_s:6,.1f}/s  "
                 f"features {feats_s:6,.1f}/s  predictions {preds_s:6,.1f}/s (degraded {degraded:,d})  "
+                f"signals {sigs_s:6,.1f}/s  "
                 f"lag {lag:6,d}  dead letters {dead:,d}  late {late:,d}  [{health}]")
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from math import nan
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -36,8 +37,8 @@ from core.config import Config, NatsConfig
 from core.natsserver import free_port
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
-from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, TradeBatch, bar_msg_id, batch_msg_id,
-                         feat_msg_id, pred_msg_id)
+from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, Signal, TradeBatch, bar_msg_id,
+                         batch_msg_id, feat_msg_id, pred_msg_id, sig_id)
 from tests.conftest import shared_file
 
 CODEC = Codec()  # one codec for this module, as every component builds its own
@@ -298,6 +299,49 @@ async def test_predictions_reach_api_through_sink(api: ApiStack):
     assert (await api.http.get("/api/predictions", params={**query, "timeframe": "5m"})).json() == []
 
 
+def _signal(bar, i: int) -> Signal:
+    action = ("BUY", "SELL", "HOLD")[i % 3]
+    traded = action != "HOLD"
+    return Signal(id=sig_id(bar.tf, bar.venue, bar.symbol, bar.start_ns), venue=bar.venue, symbol=bar.symbol,
+                  tf=bar.tf, start_ns=bar.start_ns, action=action, price=bar.close, confidence=50.0 + 2 * i,
+                  score=0.1 * (i % 5), expected_return=1e-4 * i, uncertainty=2e-3, risk_reward=1.5 if traded else nan,
+                  expected_value=0.2, kelly_fraction=0.1, position_fraction=0.05 if traded else 0.0,
+                  position_size=5000.0 if action == "BUY" else -5000.0 if traded else 0.0,
+                  qty=(5000.0 if action == "BUY" else -5000.0) / bar.close if traded else 0.0,
+                  stop_loss=bar.close * 0.98 if traded else nan, take_profit=bar.close * 1.03 if traded else nan,
+                  contributions={"trend": 0.2, "forecast": -0.05}, top_features={"rsi_14": 61.5, "adx_14": nan},
+                  model_versions={"forecast": 2, "regime": 1}, degraded=i % 4 == 0, veto="", calibrated=False)
+
+
+async def test_signals_reach_api_through_sink_filtered_as_a_trader_asks(api: ApiStack):
+    bars = binance_klines_bars()
+    sigs = [_signal(b, i) for i, b in enumerate(bars)]
+    for sg in sigs + sigs[:3]:  # three redelivered: stored once
+        await api.js.publish(subjects.sig(sg.venue, sg.symbol), CODEC.encode(sg), headers={HDR_MSG_ID: sg.id})
+    query = {"symbol": "ADA-BTC", "limit": 1000}
+
+    async def stored():
+        got = (await api.http.get("/api/signals", params=query)).json()
+        return got if len(got) >= len(sigs) else None
+
+    got = await eventually(stored, f"{len(sigs)} signals in /api/signals")
+    assert len(got) == len(sigs) and [g["id"] for g in got] == [sg.id for sg in sigs]
+    first = got[0]
+    assert first["timestamp"] == datetime.fromtimestamp((bars[0].start_ns + 60 * 10**9) / 1e9,
+                                                        tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    assert (first["timeframe"], first["action"], first["price"]) == ("1m", "BUY", bars[0].close)
+    assert first["top_features"] == {"rsi_14": 61.5, "adx_14": None} and first["model_versions"] == {"forecast": 2,
+                                                                                                      "regime": 1}
+    hold = got[2]
+    assert hold["action"] == "HOLD" and hold["stop_loss"] is None and hold["risk_reward"] is None
+    strong = (await api.http.get("/api/signals", params={"symbol": "ADA-BTC", "min_confidence": 75,
+                                                          "timeframe": "1m"})).json()
+    assert [g["id"] for g in strong] == [sg.id for sg in sigs if sg.confidence >= 75]
+    buys = (await api.http.get("/api/signals", params={**query, "action": "BUY", "venue": "binance"})).json()
+    assert buys and all(g["action"] == "BUY" for g in buys)
+    assert (await api.http.get("/api/signals", params={**query, "timeframe": "5m"})).json() == []
+
+
 async def test_trades_reach_api_through_sink_with_every_field_equal(api: ApiStack):
     batch = kraken_trades()
     await api.publish_trades(batch)
@@ -362,6 +406,9 @@ async def test_ws_bad_timeframe_closes_naming_it(api: ApiStack):
     ("/api/features", {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
     ("/api/predictions", {"venue": "binance", "symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
     ("/api/predictions", {"symbol": "ADA-BTC"}, "venue"),
+    ("/api/signals", {"symbol": "ADA-BTC", "min_confidence": "101"}, "min_confidence"),
+    ("/api/signals", {"symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
+    ("/api/signals", {"min_confidence": "50"}, "symbol"),
     ("/api/trades", {"venue": "kraken", "symbol": "BTC-USDT", "start": "99999999999999999999999"}, "start"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(api: ApiStack, path, params, param):
@@ -377,8 +424,8 @@ async def test_openapi_lists_the_paths(api: ApiStack):
     resp = await api.http.get("/schema/openapi.json")
     assert resp.status_code == 200
     paths = resp.json()["paths"]
-    for path in ("/health", "/api/symbols", "/api/bars", "/api/features", "/api/predictions", "/api/trades",
-                 "/metrics"):
+    for path in ("/health", "/api/symbols", "/api/bars", "/api/features", "/api/predictions", "/api/signals",
+                 "/api/trades", "/metrics"):
         assert path in paths, path
     names = {p["name"] for p in paths["/api/bars"]["get"]["parameters"]}
     assert names == {"venue", "symbol", "timeframe", "start", "end", "limit"}

@@ -19,7 +19,8 @@ from core.inference_worker import InferenceWorker
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS
 from core.natsserver import free_port
-from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, feat_msg_id
+from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, Signal, feat_msg_id
+from core.signals import DecisionStage
 from core.triton import PROJECT_ROOT
 from tests.conftest import shared_file
 from tests.test_worker import stream_messages, wait_until
@@ -38,9 +39,9 @@ def vectors() -> list[FeatureVector]:
         s = load_bars(shared_file(path))[0]
         s.columns = {k: v[:n] for k, v in s.columns.items()}
         values = compute([s], fs)[0]
-        for ts, row in zip(s.columns["ts_ns"], values):
+        for ts, row, close in zip(s.columns["ts_ns"], values, s.columns["close"]):
             out.append(FeatureVector(venue, symbol, tf, int(ts), list(fs.names), row.astype("<f8").tobytes(),
-                                     fs.digest))
+                                     fs.digest, 0, float(close)))
     order = sorted(range(len(out)), key=lambda i: (i % 200, i))  # interleave the two series
     return [out[i] for i in order]
 
@@ -83,6 +84,32 @@ async def _seen(worker, messages: int) -> bool:
     return worker.stats.messages >= messages
 
 
+def replay_signals(vectors: list[FeatureVector], windows: dict[tuple, np.ndarray]) -> dict[tuple, Signal]:
+    """What the worker must publish with Triton unreachable, computed without NATS or a worker."""
+    stage = DecisionStage(vectors[0].names)
+    out = {}
+    for v in vectors:
+        key = (v.tf, v.venue, v.symbol, v.start_ns)
+        preds = {}
+        if key in windows:
+            for m in MODELS:
+                outputs = FALLBACKS[m]({"FEATURES": windows[key][None]})
+                preds[m] = Prediction(m, v.venue, v.symbol, v.tf, v.start_ns, 0, "fallback",
+                                      {k: np.asarray(a, dtype=np.float64).ravel().tolist() for k, a in outputs.items()},
+                                      degraded=True)
+        out[key] = stage.decide([v], [preds])[0]
+    return out
+
+
+def signals(msgs) -> dict[tuple, Signal]:
+    out = {}
+    for m in msgs:
+        sig = CODEC.decode(m.data)
+        assert isinstance(sig, Signal) and m.subject == subjects.sig(sig.venue, sig.symbol)
+        out[(sig.tf, sig.venue, sig.symbol, sig.start_ns)] = sig
+    return out
+
+
 def predictions(msgs) -> dict[tuple, Prediction]:
     out = {}
     for m in msgs:
@@ -111,6 +138,15 @@ async def test_degraded_predictions_while_triton_is_unreachable(nc, vectors):
             np.testing.assert_array_equal(p.outputs[name], np.asarray(arr, dtype=np.float64).ravel())
     assert worker.stats.degraded == worker.stats.predictions == len(got)
     assert worker.stats.models["anomaly:breaker"]["state"] == "open"
+    # Every vector gets a signal: rule-only while the models warm up, then with the (degraded)
+    # predictions as evidence.
+    sigs = signals(await stream_messages(js, streams.SIG_STREAM))
+    assert set(sigs) == {(v.tf, v.venue, v.symbol, v.start_ns) for v in vectors}
+    for key, sig in sigs.items():
+        if key in windows:
+            assert sig.degraded and sig.model_versions == {m: 0 for m in MODELS} and "forecast" in sig.contributions
+        else:
+            assert not sig.degraded and sig.model_versions == {} and "forecast" not in sig.contributions
 
 
 async def test_restart_resumes_from_the_snapshot_with_identical_predictions(nc, vectors):
@@ -132,6 +168,13 @@ async def test_restart_resumes_from_the_snapshot_with_identical_predictions(nc, 
         want = FALLBACKS[model]({"FEATURES": windows[tuple(key)][None]})
         np.testing.assert_array_equal(p.outputs[next(iter(want))], np.asarray(next(iter(want.values())),
                                                                               dtype=np.float64).ravel())
+    # The signals after the restart equal a replay of the same vectors and (fallback) predictions
+    # through a fresh decision stage: the decision state was restored with the windows.
+    resumed = signals(await stream_messages(js, streams.SIG_STREAM))
+    replayed = replay_signals(vectors, windows)
+    assert set(resumed) == set(replayed)
+    assert all(CODEC.encode(resumed[k]) == CODEC.encode(replayed[k]) for k in replayed)
+    assert sum(s.qty != 0 for s in replayed.values()) > 5  # the paper book traded across the restart
 
 
 async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):

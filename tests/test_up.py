@@ -100,11 +100,14 @@ def test_up_serves_live_candles_restarts_components_and_resumes(tmp_path):
         assert all(b["high"] >= max(b["open"], b["close"]) and b["n_trades"] > 0 for b in first)
         # One status line per second with the live figures.
         up.wait_for(r"in +[1-9][\d,]* ev/s +bars +[\d.,]+/s +features +[1-9][\d.,]*/s +predictions +[\d.,]+/s "
-                    r"\(degraded \d+\) +lag +[\d,]+ +dead letters +\d+")
+                    r"\(degraded \d+\) +signals +[1-9][\d.,]*/s +lag +[\d,]+ +dead letters +\d+")
         # every closed bar also gets its feature vector, served by the API
         feats = poll_json(f"{base}/api/features?venue=sim&symbol=BTC-USD&timeframe=1s&names=sma_10,rsi_14",
                           lambda d: len(d["rows"]) >= 16)
         assert feats["names"] == ["sma_10", "rsi_14"] and feats["rows"][-1][1][1] is not None
+        # ... and its signal (rule-only until the models have a full window), served by the API
+        sigs = poll_json(f"{base}/api/signals?symbol=BTC-USD&timeframe=1s&venue=sim", lambda d: len(d) >= 16)
+        assert {s["action"] for s in sigs} <= {"BUY", "SELL", "HOLD"} and sigs[-1]["price"] > 0
         assert get_json(f"{base}/health")["status"] == "ok"
         # Triton serves every model and the inference worker runs (predictions need ~2 minutes of
         # 1s bars to warm up; tests/test_inference_worker.py checks them).

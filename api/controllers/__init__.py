@@ -4,6 +4,7 @@ from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
 from api.controllers.predictions import PredictionsController
+from api.controllers.signals import SignalsController
 from api.controllers.health import HealthController
 from api.controllers.live import LiveBarsController
 from api.controllers.metrics import MetricsController
@@ -15,6 +16,7 @@ __all__ = [
     "DashboardController",
     "FeaturesController",
     "PredictionsController",
+    "SignalsController",
     "HealthController",
     "LiveBarsController",
     "MetricsController",
@@ -24,4 +26,4 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               TradesController, LiveBarsController, MetricsController, DashboardController)
+               SignalsController, TradesController, LiveBarsController, MetricsController, DashboardController)
