@@ -31,7 +31,7 @@ from litestar.types import Message, Scope
 
 from api.controllers import CONTROLLERS
 from api.errors import BadParameterError
-from api.fanout import BarFanout
+from api.fanout import BarFanout, SignalFanout
 from api.models import ErrorOut
 from api.params import TIME_RULE
 from api.runtime import ApiRuntime
@@ -70,6 +70,7 @@ def create_app(cfg: Config, *, run_sink: bool = True) -> Litestar:
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "store": Provide(_provide_store, sync_to_thread=False),
             "fanout": Provide(_provide_fanout, sync_to_thread=False),
+            "signal_fanout": Provide(_provide_signal_fanout, sync_to_thread=False),
             "telemetry": Provide(_provide_telemetry, sync_to_thread=False),
         },
         exception_handlers={
@@ -117,6 +118,10 @@ def _provide_store(state: State) -> Store:
 
 def _provide_fanout(state: State) -> BarFanout:
     return state.runtime.fanout
+
+
+def _provide_signal_fanout(state: State) -> SignalFanout:
+    return state.runtime.signal_fanout
 
 
 def _provide_telemetry(state: State) -> Telemetry:

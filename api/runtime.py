@@ -16,13 +16,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from api.errors import ApiError
-from api.fanout import BarFanout
+from api.fanout import BarFanout, SignalFanout
 from api.models import SinkHealth, StoreHealth
 from api.telemetry import METRICS_SUBJECT_PREFIX, Sample, Telemetry
 from core import streams
 from core.config import Config
 from core.errors import SchemaError
-from core.schema import Bar, Codec
+from core.schema import Bar, Codec, Signal
 from core.sink import Sink
 from core.store import Store
 
@@ -51,6 +51,7 @@ class ApiRuntime:
         self.nats_url = cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
         self.telemetry = Telemetry()
         self.fanout = BarFanout()
+        self.signal_fanout = SignalFanout()
         self._codec = Codec()
         self.store: Store | None = None
         self.nc: NATS | None = None
@@ -89,6 +90,7 @@ class ApiRuntime:
         await streams.ensure(self.js, self.cfg.streams)
         # Core NATS, not JetStream: live fan-out wants only what arrives from now on.
         await self.nc.subscribe("bar.>", cb=self._on_bar)
+        await self.nc.subscribe("sig.>", cb=self._on_signal)
         await self.nc.subscribe(METRICS_SUBJECT_PREFIX + ">", cb=self._on_metrics)
         if self.run_sink:
             self._sink_task = asyncio.create_task(self._run_sink(), name="tickmesh-api-sink")
@@ -110,6 +112,7 @@ class ApiRuntime:
                 pass
             self._sink_task = None
         self.fanout.close()
+        self.signal_fanout.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.close()
@@ -157,6 +160,19 @@ class ApiRuntime:
             return
         sent, slow = self.fanout.publish(bar)
         self.telemetry.counters["bars_fanned_out"] += sent
+        self.telemetry.counters["ws_slow_clients_closed"] += slow
+
+    async def _on_signal(self, msg: Msg) -> None:
+        try:
+            sig = self._codec.decode(msg.data)
+            if not isinstance(sig, Signal):
+                raise SchemaError(f"expected a Signal, got {type(sig).__name__}")
+        except SchemaError as exc:
+            self.telemetry.counters["bad_signal_messages"] += 1
+            log.warning("not fanned out: %s on %s", exc, msg.subject)
+            return
+        sent, slow = self.signal_fanout.publish(sig)
+        self.telemetry.counters["signals_fanned_out"] += sent
         self.telemetry.counters["ws_slow_clients_closed"] += slow
 
     async def _on_metrics(self, msg: Msg) -> None:

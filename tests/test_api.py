@@ -379,6 +379,36 @@ async def test_ws_pushes_new_bars_matching_its_filter(api: ApiStack):
         assert json.loads(await asyncio.wait_for(ws_all.recv(), WAIT_S)) == bar_dict(five_min)
 
 
+async def test_ws_pushes_new_signals_with_the_rest_filters(api: ApiStack):
+    bars = binance_klines_bars()
+    sigs = [_signal(b, i) for i, b in enumerate(bars[:9])]  # actions BUY, SELL, HOLD, ...; confidence 50 + 2i
+    base = f"{api.ws_url}/ws/signals?symbol=ADA-BTC"
+    async with ws_connect(f"{base}&min_confidence=60&timeframe=1m") as strong, \
+            ws_connect(f"{base}&action=SELL") as sells, ws_connect(f"{api.ws_url}/ws/signals") as every:
+        await eventually(lambda: _at_least(ws_clients(api), 3), "3 WebSocket clients subscribed")
+        for sg in sigs:
+            await api.js.publish(subjects.sig(sg.venue, sg.symbol), CODEC.encode(sg), headers={HDR_MSG_ID: sg.id})
+        got_every = [json.loads(await asyncio.wait_for(every.recv(), WAIT_S)) for _ in sigs]
+
+        async def stored():
+            got = (await api.http.get("/api/signals", params={"symbol": "ADA-BTC"})).json()
+            return got if len(got) >= len(sigs) else None
+
+        assert got_every == await eventually(stored, "the signals stored")  # the same objects as REST's
+        want_strong = [sg.id for sg in sigs if sg.confidence >= 60]
+        assert [json.loads(await asyncio.wait_for(strong.recv(), WAIT_S))["id"] for _ in want_strong] == want_strong
+        want_sells = [sg.id for sg in sigs if sg.action == "SELL"]
+        assert [json.loads(await asyncio.wait_for(sells.recv(), WAIT_S))["id"] for _ in want_sells] == want_sells
+    assert got_every[0]["timeframe"] == "1m" and got_every[2]["stop_loss"] is None  # as /api/signals has them
+
+
+async def test_ws_signals_bad_parameter_closes_naming_it(api: ApiStack):
+    async with ws_connect(f"{api.ws_url}/ws/signals?min_confidence=150") as ws:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), WAIT_S)
+    assert info.value.rcvd.code == 1008 and "min_confidence" in info.value.rcvd.reason
+
+
 async def _at_least(value: Awaitable[int], n: int) -> int | None:
     got = await value
     return got if got >= n else None

@@ -6,7 +6,7 @@ from api.controllers.features import FeaturesController
 from api.controllers.predictions import PredictionsController
 from api.controllers.signals import SignalsController
 from api.controllers.health import HealthController
-from api.controllers.live import LiveBarsController
+from api.controllers.live import LiveBarsController, LiveSignalsController
 from api.controllers.metrics import MetricsController
 from api.controllers.symbols import SymbolsController
 from api.controllers.trades import TradesController
@@ -19,6 +19,7 @@ __all__ = [
     "SignalsController",
     "HealthController",
     "LiveBarsController",
+    "LiveSignalsController",
     "MetricsController",
     "SymbolsController",
     "TradesController",
@@ -26,4 +27,5 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, TradesController, LiveBarsController, MetricsController, DashboardController)
+               SignalsController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
+               DashboardController)

@@ -1,4 +1,5 @@
-"""``WS /ws/bars``: every new bar as a JSON text message, optionally filtered."""
+"""``WS /ws/bars`` and ``WS /ws/signals``: every new bar or signal as a JSON text message, filtered
+by the query parameters."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from api.errors import BadParameterError
-from api.fanout import CLOSED, BarFanout, BarFilter
+from api.fanout import CLOSED, BarFanout, BarFilter, Fanout, SignalFanout
 from api.params import check_timeframe
 from api.telemetry import Telemetry
 from core.schema import TIMEFRAME_NS
 
-__all__ = ["LiveBarsController", "CLOSE_BAD_PARAMETER", "CLOSE_GOING_AWAY", "CLOSE_TOO_SLOW"]
+__all__ = ["LiveBarsController", "LiveSignalsController", "CLOSE_BAD_PARAMETER", "CLOSE_GOING_AWAY",
+           "CLOSE_TOO_SLOW"]
 
 CLOSE_GOING_AWAY = 1001  # the server shuts down
 CLOSE_BAD_PARAMETER = 1008  # policy violation: the close reason names the parameter
@@ -48,32 +50,70 @@ class LiveBarsController(Controller):
         except BadParameterError as exc:
             await _close(socket, CLOSE_BAD_PARAMETER, str(exc))
             return
-        with fanout.subscribe(BarFilter(venue=venue or None, symbol=symbol or None, tf=tf)) as client:
-            telemetry.ws_clients += 1
-            gone = asyncio.create_task(_until_disconnect(socket))
-            try:
-                while True:
-                    getter = asyncio.ensure_future(client.queue.get())
-                    await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if gone.done():  # the client left; whatever was queued for it goes nowhere
-                        getter.cancel()
-                        return
-                    text = getter.result()
-                    if text is CLOSED:
-                        await _close(socket, CLOSE_GOING_AWAY, "server shutting down")
-                        return
-                    if client.overflowed:
-                        await _close(socket, CLOSE_TOO_SLOW, "too slow: reload history and reconnect")
-                        return
-                    try:
-                        await socket.send_text(text)
-                    except (WebSocketDisconnect, OSError):  # left between the check and the send
-                        return
-            finally:
-                telemetry.ws_clients -= 1
-                gone.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await gone
+        await _serve(socket, fanout, BarFilter(venue=venue or None, symbol=symbol or None, tf=tf), telemetry)
+
+
+class LiveSignalsController(Controller):
+    path = "/ws/signals"
+    tags = ["live"]
+
+    @websocket("/")
+    async def stream(self, socket: WebSocket, signal_fanout: NamedDependency[SignalFanout],
+                     telemetry: NamedDependency[Telemetry], symbol: _Filter = None, venue: _Filter = None,
+                     timeframe: Annotated[str | None, Parameter(
+                         description=f"only this timeframe ({', '.join(TIMEFRAME_NS)}); any when absent")] = None,
+                     min_confidence: Annotated[float, Parameter(description="least confidence, 0..100")] = 0.0,
+                     action: Annotated[str | None, Parameter(description="only BUY, SELL or HOLD")] = None,
+                     ) -> None:
+        """Pushes each new signal from now on as a JSON object (fields of ``SignalOut``, as
+        ``GET /api/signals`` returns them), with the same filters as query parameters.
+
+        A bad parameter closes the socket with code 1008 and a reason naming it; a client that
+        falls too far behind is closed with 1013 and should reload history and reconnect.
+        """
+        await socket.accept()
+        try:
+            tf = check_timeframe("timeframe", timeframe, required=False)
+            if not 0.0 <= min_confidence <= 100.0:
+                raise BadParameterError("min_confidence", f"must be within 0..100, got {min_confidence}")
+            if action not in (None, "", "BUY", "SELL", "HOLD"):
+                raise BadParameterError("action", f"one of BUY, SELL, HOLD, got {action!r}")
+        except BadParameterError as exc:
+            await _close(socket, CLOSE_BAD_PARAMETER, str(exc))
+            return
+        flt = BarFilter(venue=venue or None, symbol=symbol or None, tf=tf, min_confidence=min_confidence,
+                        action=action or None)
+        await _serve(socket, signal_fanout, flt, telemetry)
+
+
+async def _serve(socket: WebSocket, fanout: Fanout, flt: BarFilter, telemetry: Telemetry) -> None:
+    """Sends what the fan-out queues for this client until it leaves, is too slow, or we stop."""
+    with fanout.subscribe(flt) as client:
+        telemetry.ws_clients += 1
+        gone = asyncio.create_task(_until_disconnect(socket))
+        try:
+            while True:
+                getter = asyncio.ensure_future(client.queue.get())
+                await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():  # the client left; whatever was queued for it goes nowhere
+                    getter.cancel()
+                    return
+                text = getter.result()
+                if text is CLOSED:
+                    await _close(socket, CLOSE_GOING_AWAY, "server shutting down")
+                    return
+                if client.overflowed:
+                    await _close(socket, CLOSE_TOO_SLOW, "too slow: reload history and reconnect")
+                    return
+                try:
+                    await socket.send_text(text)
+                except (WebSocketDisconnect, OSError):  # left between the check and the send
+                    return
+        finally:
+            telemetry.ws_clients -= 1
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
 
 
 async def _until_disconnect(socket: WebSocket) -> None:
