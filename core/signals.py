@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import msgspec
 import numpy as np
 
-from core.decision import HOLD, RULE_FEATURES, SOURCES, VETO_REASONS, Calibration, DecisionEngine, DecisionSettings
+from core.decision import RULE_FEATURES, SOURCES, VETO_REASONS, Calibration, DecisionEngine, DecisionSettings
 from core.errors import SchemaError
 from core.portfolio import Portfolio
 from core.risk import VETO_NAMES, RiskSettings, size, stops
@@ -54,9 +54,13 @@ class DecisionStage:
         self.risk = risk or RiskSettings()
         self.portfolio = Portfolio(self.risk.equity_start)
         self._rows: dict[tuple[str, str, str], int] = {}
-        if "atr_14" not in self.names:
-            raise SchemaError("the feature layout lacks atr_14, which the stops are scaled by")
+        rule_names = [n for s in _RULES for n in RULE_FEATURES[s]]
+        missing = [n for n in ["atr_14", *rule_names] if n not in self.names]
+        if missing:
+            raise SchemaError(f"the feature layout lacks {missing}, which the rules and stops read")
         self._atr = self.names.index("atr_14")
+        self._rule_cols = np.array([self.names.index(n) for n in rule_names], dtype=np.int64)
+        self._rule_index = {n: j for j, n in enumerate(rule_names)}
 
     def _row_ids(self, keys: list[tuple[str, str, str]]) -> np.ndarray:
         new = [k for k in dict.fromkeys(keys) if k not in self._rows]
@@ -107,26 +111,36 @@ class DecisionStage:
         if trade.size:
             pf.apply_fills([books[i] for i in trade], qty[trade], price[trade], ts[trade], "signal",
                            ids=[sig_id(*keys[i], int(ts[i])) for i in trade])
-        return [self._signal(i, v, p, d, z, fraction, notional, qty, stop, take, price, features)
-                for i, (v, p) in enumerate(zip(vectors, predictions))]
+        return self._signals(vectors, predictions, d, z, fraction, notional, qty, stop, take, price, features)
 
-    def _signal(self, i, v, preds, d, z, fraction, notional, qty, stop, take, price, features) -> Signal:
-        contrib = {s: float(d.contributions[i, j]) for j, s in enumerate(SOURCES) if np.isfinite(d.votes[i, j])}
-        strongest = sorted((s for s in _RULES if s in contrib), key=lambda s: -abs(contrib[s]))[:2]
-        top = {n: float(features[i, self.names.index(n)]) for s in strongest for n in RULE_FEATURES[s]}
-        veto = VETO_REASONS[d.veto[i]] or (VETO_NAMES[z.veto[i]] if d.action[i] != HOLD and z.veto[i] else "")
-        fc = preds.get("forecast")
-        return Signal(
-            id=sig_id(v.tf, v.venue, v.symbol, v.start_ns), venue=v.venue, symbol=v.symbol, tf=v.tf,
-            start_ns=v.start_ns, action=_ACTIONS[int(d.action[i])], price=float(price[i]),
-            confidence=float(d.confidence[i]), score=float(d.score[i]),
-            expected_return=_first(fc, "MEAN"), uncertainty=_first(fc, "STD"),
-            risk_reward=float(z.risk_reward[i]), expected_value=float(z.expected_value[i]),
-            kelly_fraction=float(z.kelly[i]), position_fraction=float(fraction[i]),
-            position_size=float(notional[i]), qty=float(qty[i]), stop_loss=float(stop[i]),
-            take_profit=float(take[i]), contributions=contrib, top_features=top,
-            model_versions={m: p.version for m, p in preds.items()},
-            degraded=any(p.degraded for p in preds.values()), veto=veto, calibrated=d.calibrated)
+    def _signals(self, vectors, predictions, d, z, fraction, notional, qty, stop, take, price,
+                 features) -> list[Signal]:
+        # Plain Python lists, zipped: indexing NumPy arrays element by element would cost more
+        # than everything else the stage does.
+        rows = zip(vectors, predictions, d.action.tolist(), d.confidence.tolist(), d.score.tolist(),
+                   z.risk_reward.tolist(), z.expected_value.tolist(), z.kelly.tolist(), fraction.tolist(),
+                   notional.tolist(), qty.tolist(), stop.tolist(), take.tolist(), price.tolist(), z.veto.tolist(),
+                   d.veto.tolist(), np.isfinite(d.votes).tolist(), d.contributions.tolist(),
+                   features[:, self._rule_cols].tolist())
+        out = []
+        calibrated = d.calibrated
+        for (v, preds, action, conf, score, rr, ev, kel, frac, notion, q, sl, tp, px, zveto, dveto, has, contribs,
+             rule_values) in rows:
+            contrib = {s: c for s, c, h in zip(SOURCES, contribs, has) if h}
+            strongest = sorted((s for s in _RULES if s in contrib), key=lambda s: -abs(contrib[s]))[:2]
+            top = {n: rule_values[self._rule_index[n]] for s in strongest for n in RULE_FEATURES[s]}
+            # The engine's veto, else the risk rules' when they kept a BUY/SELL at size 0.
+            veto = VETO_REASONS[dveto] or (VETO_NAMES[zveto] if action and zveto else "")
+            fc = preds.get("forecast")
+            out.append(Signal(
+                id=sig_id(v.tf, v.venue, v.symbol, v.start_ns), venue=v.venue, symbol=v.symbol, tf=v.tf,
+                start_ns=v.start_ns, action=_ACTIONS[action], price=px, confidence=conf, score=score,
+                expected_return=_first(fc, "MEAN"), uncertainty=_first(fc, "STD"), risk_reward=rr,
+                expected_value=ev, kelly_fraction=kel, position_fraction=frac, position_size=notion, qty=q,
+                stop_loss=sl, take_profit=tp, contributions=contrib, top_features=top,
+                model_versions={m: p.version for m, p in preds.items()},
+                degraded=any(p.degraded for p in preds.values()), veto=veto, calibrated=calibrated))
+        return out
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode([self.engine.snapshot(), self.portfolio.to_bytes(),
