@@ -22,6 +22,8 @@ __all__ = [
     "FeaturesOut",
     "PredictionOut",
     "SignalOut",
+    "PositionOut",
+    "PortfolioOut",
     "SymbolOut",
     "SymbolsOut",
     "ErrorOut",
@@ -144,6 +146,39 @@ class SignalOut(msgspec.Struct, frozen=True):
 
 def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
+
+
+class PositionOut(msgspec.Struct, frozen=True):
+    """One paper position: signed ``qty``, average and last price, P&L and signed exposure."""
+
+    venue: str
+    symbol: str
+    timeframe: str
+    qty: float
+    avg_px: float | None
+    last_px: float | None
+    unrealized: float | None
+    realized: float
+    exposure: float | None
+
+
+class PortfolioOut(msgspec.Struct, frozen=True):
+    """The paper account: quote-currency amounts; ``drawdown`` and ``daily_loss`` as fractions."""
+
+    updated_ns: int
+    last_seq: int
+    equity: float
+    cash: float
+    realized: float
+    unrealized: float
+    gross_exposure: float
+    net_exposure: float
+    peak_equity: float
+    start_of_day_equity: float
+    drawdown: float
+    daily_loss: float
+    n_fills: int
+    positions: list[PositionOut]
 
 
 class TradeOut(msgspec.Struct, frozen=True):

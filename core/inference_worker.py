@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 
 import msgspec
 import nats
@@ -178,6 +179,20 @@ class InferenceWorker(SnapshotWorker):
                 await asyncio.gather(self._watch, return_exceptions=True)
             if self._client is not None:
                 await self._client.close()
+
+    async def snapshot(self) -> None:
+        """The state snapshot, then the paper portfolio for the API (``portfolio`` in the state
+        bucket, JSON)."""
+        await super().snapshot()
+        if self.decisions is None:
+            return
+        book = self.decisions.portfolio.snapshot()
+        for row in book["positions"]:
+            row["symbol"], _, row["timeframe"] = row["symbol"].rpartition("/")  # one book per series
+        book["updated_ns"] = time.time_ns()
+        book["last_seq"] = self.stats.last_seq
+        kv = await self.js.key_value(streams.STATE_BUCKET)
+        await kv.put(streams.PORTFOLIO_KEY, msgspec.json.encode(book))  # NaN (a price not seen yet) -> null
 
     async def _watch_routes(self) -> None:
         """Applies every change of ``route.<model>`` in the state bucket to the router."""

@@ -23,6 +23,7 @@ __all__ = [
     "SIG_STREAM",
     "SINK_SIG",
     "STATE_BUCKET",
+    "PORTFOLIO_KEY",
     "BARS_WORKER",
     "SINK_MD",
     "SINK_BARS",
@@ -39,6 +40,8 @@ FEAT_STREAM = "FEAT"
 PRED_STREAM = "PRED"
 SIG_STREAM = "SIG"
 STATE_BUCKET = "tickmesh_state"
+# Key in the state bucket: the paper portfolio as JSON, put by the inference worker, read by the API.
+PORTFOLIO_KEY = "portfolio"
 # Snapshots too large for a KV value (feature state grows with symbols) go to an object store.
 SNAPSHOT_BUCKET = "tickmesh_snapshots"
 

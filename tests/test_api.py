@@ -32,11 +32,12 @@ from api.app import create_app
 from api.fanout import BarFanout, BarFilter
 from api.params import parse_time_ns
 from api.telemetry import Telemetry, render_prometheus
-from core import subjects
+from core import streams, subjects
 from core.config import Config, NatsConfig
 from core.natsserver import free_port
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
+from core.portfolio import Portfolio
 from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, Signal, TradeBatch, bar_msg_id,
                          batch_msg_id, feat_msg_id, pred_msg_id, sig_id)
 from tests.conftest import shared_file
@@ -400,6 +401,25 @@ async def test_ws_pushes_new_signals_with_the_rest_filters(api: ApiStack):
         want_sells = [sg.id for sg in sigs if sg.action == "SELL"]
         assert [json.loads(await asyncio.wait_for(sells.recv(), WAIT_S))["id"] for _ in want_sells] == want_sells
     assert got_every[0]["timeframe"] == "1m" and got_every[2]["stop_loss"] is None  # as /api/signals has them
+
+
+async def test_portfolio_is_the_paper_book_the_worker_published(api: ApiStack):
+    resp = await api.http.get("/api/portfolio")
+    assert resp.status_code == 404 and "not taken a decision" in resp.json()["detail"]
+    # What the inference worker's snapshot puts (tests/test_inference_worker.py checks that side).
+    book = Portfolio(100_000.0)
+    book.apply_fills([("binance", "ADA-BTC/1m")], [1000.0], [2.5e-5], [1_700_000_000_000_000_000], "signal")
+    book.mark([("binance", "ADA-BTC/1m")], [2.6e-5], [1_700_000_060_000_000_000])
+    snap = book.snapshot()
+    for row in snap["positions"]:
+        row["symbol"], _, row["timeframe"] = row["symbol"].rpartition("/")
+    kv = await api.js.key_value(streams.STATE_BUCKET)
+    await kv.put(streams.PORTFOLIO_KEY, msgspec.json.encode({**snap, "updated_ns": 1, "last_seq": 7}))
+    got = (await api.http.get("/api/portfolio")).json()
+    assert got["equity"] == pytest.approx(100_000.0 + 1000 * 1e-6) and got["n_fills"] == 1
+    assert got["positions"] == [{"venue": "binance", "symbol": "ADA-BTC", "timeframe": "1m", "qty": 1000.0,
+                                 "avg_px": 2.5e-5, "last_px": 2.6e-5, "unrealized": pytest.approx(1000 * 1e-6),
+                                 "realized": 0.0, "exposure": pytest.approx(0.026)}]
 
 
 async def test_ws_signals_bad_parameter_closes_naming_it(api: ApiStack):

@@ -84,9 +84,10 @@ async def _seen(worker, messages: int) -> bool:
     return worker.stats.messages >= messages
 
 
-def replay_signals(vectors: list[FeatureVector], windows: dict[tuple, np.ndarray]) -> dict[tuple, Signal]:
+def replay_signals(vectors: list[FeatureVector], windows: dict[tuple, np.ndarray],
+                   stage: DecisionStage | None = None) -> dict[tuple, Signal]:
     """What the worker must publish with Triton unreachable, computed without NATS or a worker."""
-    stage = DecisionStage(vectors[0].names)
+    stage = stage or DecisionStage(vectors[0].names)
     out = {}
     for v in vectors:
         key = (v.tf, v.venue, v.symbol, v.start_ns)
@@ -171,10 +172,18 @@ async def test_restart_resumes_from_the_snapshot_with_identical_predictions(nc, 
     # The signals after the restart equal a replay of the same vectors and (fallback) predictions
     # through a fresh decision stage: the decision state was restored with the windows.
     resumed = signals(await stream_messages(js, streams.SIG_STREAM))
-    replayed = replay_signals(vectors, windows)
+    stage = DecisionStage(vectors[0].names)
+    replayed = replay_signals(vectors, windows, stage)
     assert set(resumed) == set(replayed)
     assert all(CODEC.encode(resumed[k]) == CODEC.encode(replayed[k]) for k in replayed)
     assert sum(s.qty != 0 for s in replayed.values()) > 5  # the paper book traded across the restart
+    # The worker's last snapshot put the paper book where GET /api/portfolio reads it.
+    kv = await js.key_value(streams.STATE_BUCKET)
+    book = msgspec.json.decode((await kv.get(streams.PORTFOLIO_KEY)).value)
+    want = stage.portfolio.snapshot()
+    assert book["n_fills"] == want["n_fills"] == sum(s.qty != 0 for s in replayed.values())
+    assert book["equity"] == want["equity"] and book["last_seq"] == second.stats.last_seq
+    assert {(p["symbol"], p["timeframe"]) for p in book["positions"]} <= {("EUR-USD", "1h"), ("BTC-USD-PERP", "1m")}
 
 
 async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):

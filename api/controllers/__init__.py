@@ -3,6 +3,7 @@
 from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
+from api.controllers.portfolio import PortfolioController
 from api.controllers.predictions import PredictionsController
 from api.controllers.signals import SignalsController
 from api.controllers.health import HealthController
@@ -15,6 +16,7 @@ __all__ = [
     "BarsController",
     "DashboardController",
     "FeaturesController",
+    "PortfolioController",
     "PredictionsController",
     "SignalsController",
     "HealthController",
@@ -27,5 +29,5 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
+               SignalsController, PortfolioController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
                DashboardController)
