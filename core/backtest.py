@@ -133,6 +133,8 @@ class Report(msgspec.Struct, kw_only=True):
     max_drawdown: float
     turnover: float
     by_source: dict[str, dict[str, float]]
+    # Confidence bins [lo, hi) of the BUY/SELL signals with the share of them that were right.
+    calibration: list[tuple[float, float, int, float]] = []
 
 
 def run(vectors: Sequence[FeatureVector], predictions: Sequence[dict[str, Prediction]],
@@ -167,6 +169,13 @@ def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: Deci
         if ok.any():
             by_source[src] = {"votes": int(ok.sum()), "hit_rate": float((np.sign(c[ok]) == nxt[ok]).mean()),
                               "mean_abs_share": float(np.abs(c[ok]).mean())}
+    conf = np.array([s.confidence for s in signals])
+    right = np.sign(action) == nxt
+    calibration = []
+    for lo in range(50, 100, 10):
+        sel = scored & (conf >= lo) & (conf < lo + 10 if lo < 90 else conf <= 100)
+        if sel.any():
+            calibration.append((float(lo), float(lo + 10), int(sel.sum()), float(right[sel].mean())))
     return Report(name=name, bars=len(signals), signals=int((action != 0).sum()), buys=int((action == 1).sum()),
                   sells=int((action == -1).sum()),
                   hit_rate=float((np.sign(action[scored]) == nxt[scored]).mean()) if scored.any() else float("nan"),
@@ -232,6 +241,9 @@ def _table(reports: Sequence[Report]) -> str:
     for r in reports:
         lines.append(f"{r.name:<62} {r.bars:>6} {r.buys:>5} {r.sells:>5} {r.hit_rate:>6.3f} {r.total_return:>9.4%} "
                      f"{r.sharpe:>7.2f} {r.max_drawdown:>7.2%} {r.turnover:>8.2f}")
+    if reports[0].calibration:
+        lines.append("confidence calibration (strategy): " + ", ".join(
+            f"{lo:.0f}-{hi:.0f}: right {hit:.3f} of {n}" for lo, hi, n, hit in reports[0].calibration))
     src = reports[0].by_source
     if src:
         lines.append("per source (strategy): " + ", ".join(

@@ -46,6 +46,9 @@ def test_compare_reports_the_strategy_and_its_baselines(goog):
     close = np.array([v.close for v in vectors])
     assert full.total_return == pytest.approx(close[-1] / close[0] - 1)
     assert set(strategy.by_source) >= {"trend", "momentum", "forecast"}
+    # The calibration table covers the BUY/SELL signals scored against the next bar.
+    assert strategy.calibration and all(0 <= hit <= 1 and n > 0 for _, _, n, hit in strategy.calibration)
+    assert sum(n for _, _, n, _ in strategy.calibration) <= strategy.signals
 
 
 def test_history_from_clickhouse_replays_to_the_same_signals(tmp_path, goog):
