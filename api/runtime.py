@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from api.errors import ApiError
-from api.fanout import BarFanout, SignalFanout
+from api.fanout import BarFanout, Fanout, SignalFanout
 from api.models import SinkHealth, StoreHealth
 from api.telemetry import METRICS_SUBJECT_PREFIX, Sample, Telemetry
 from core import streams
@@ -149,30 +149,23 @@ class ApiRuntime:
     # ------------------------------------------------------------------ NATS callbacks
 
     async def _on_bar(self, msg: Msg) -> None:
-        try:
-            bar = self._codec.decode(msg.data)
-            if not isinstance(bar, Bar):
-                raise SchemaError(f"expected a Bar, got {type(bar).__name__}")
-        except SchemaError as exc:
-            # The sink dead-letters the stored copy; here the live copy is only counted.
-            self.telemetry.counters["bad_bar_messages"] += 1
-            log.warning("not fanned out: %s on %s", exc, msg.subject)
-            return
-        sent, slow = self.fanout.publish(bar)
-        self.telemetry.counters["bars_fanned_out"] += sent
-        self.telemetry.counters["ws_slow_clients_closed"] += slow
+        self._fan_out(msg, Bar, self.fanout, "bar")
 
     async def _on_signal(self, msg: Msg) -> None:
+        self._fan_out(msg, Signal, self.signal_fanout, "signal")
+
+    def _fan_out(self, msg: Msg, kind: type, fanout: Fanout, what: str) -> None:
         try:
-            sig = self._codec.decode(msg.data)
-            if not isinstance(sig, Signal):
-                raise SchemaError(f"expected a Signal, got {type(sig).__name__}")
+            item = self._codec.decode(msg.data)
+            if not isinstance(item, kind):
+                raise SchemaError(f"expected a {kind.__name__}, got {type(item).__name__}")
         except SchemaError as exc:
-            self.telemetry.counters["bad_signal_messages"] += 1
+            # The sink dead-letters the stored copy; here the live copy is only counted.
+            self.telemetry.counters[f"bad_{what}_messages"] += 1
             log.warning("not fanned out: %s on %s", exc, msg.subject)
             return
-        sent, slow = self.signal_fanout.publish(sig)
-        self.telemetry.counters["signals_fanned_out"] += sent
+        sent, slow = fanout.publish(item)
+        self.telemetry.counters[f"{what}s_fanned_out"] += sent
         self.telemetry.counters["ws_slow_clients_closed"] += slow
 
     async def _on_metrics(self, msg: Msg) -> None:
