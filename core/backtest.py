@@ -41,7 +41,7 @@ from core.features.featureset import LADDER
 from core.schema import FeatureVector, Prediction, Signal
 from core.signals import DecisionStage
 
-__all__ = ["LocalModels", "Report", "file_inputs", "run", "report", "register"]
+__all__ = ["LocalModels", "Report", "file_inputs", "run", "report", "compare", "register"]
 
 _YEAR_NS = 365 * 86_400 * 10**9
 
@@ -181,7 +181,7 @@ def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: Deci
                   hit_rate=float((np.sign(action[scored]) == nxt[scored]).mean()) if scored.any() else float("nan"),
                   fills=len(fills), pnl=float(eq[-1] - start), total_return=float(eq[-1] / start - 1),
                   sharpe=sharpe, max_drawdown=float((1 - eq / peak).max()), turnover=traded / float(eq.mean()),
-                  by_source=by_source)
+                  by_source=by_source, calibration=calibration)
 
 
 class _RandomEngine(DecisionEngine):
