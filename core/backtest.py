@@ -18,13 +18,14 @@ the live worker calls it, so a replay of the live inputs gives the live signals.
 - per source: how often the sign of its contribution matched the next bar, and its mean |share|;
 - baselines through the same risk rules and book: buy-and-hold at the strategy's largest
   position (``risk.max_position_fraction`` of equity) and at 100 %, and random signals (seeded,
-  the strategy's own BUY/SELL frequencies).
+  drawn as often as the strategy has BUY and SELL views before its vetoes).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -135,6 +136,8 @@ class Report(msgspec.Struct, kw_only=True):
     by_source: dict[str, dict[str, float]]
     # Confidence bins [lo, hi) of the BUY/SELL signals with the share of them that were right.
     calibration: list[tuple[float, float, int, float]] = []
+    # Why views did not become positions: veto name -> signals.
+    vetoes: dict[str, int] = {}
 
 
 def run(vectors: Sequence[FeatureVector], predictions: Sequence[dict[str, Prediction]],
@@ -181,7 +184,8 @@ def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: Deci
                   hit_rate=float((np.sign(action[scored]) == nxt[scored]).mean()) if scored.any() else float("nan"),
                   fills=len(fills), pnl=float(eq[-1] - start), total_return=float(eq[-1] / start - 1),
                   sharpe=sharpe, max_drawdown=float((1 - eq / peak).max()), turnover=traded / float(eq.mean()),
-                  by_source=by_source, calibration=calibration)
+                  by_source=by_source, calibration=calibration,
+                  vetoes=dict(Counter(s.veto for s in signals if s.veto)))
 
 
 class _RandomEngine(DecisionEngine):
@@ -214,8 +218,11 @@ def compare(name: str, vectors, predictions, cfg: Config, seed: int = 0) -> list
     stage = DecisionStage(names, cfg.decision, cfg.risk)
     sigs, equity = run(vectors, predictions, stage)
     out = [report(f"{name}: strategy", sigs, equity, stage)]
-    n = max(len(sigs), 1)
-    p_buy, p_sell = out[0].buys / n, out[0].sells / n
+    # The strategy's views before vetoes: the random baseline draws views as often, and the same
+    # vetoes and risk rules then apply to them.
+    n, t = max(len(sigs), 1), cfg.decision.threshold
+    p_buy = sum(s.score >= t for s in sigs) / n
+    p_sell = sum(s.score <= -t for s in sigs) / n
     rnd = DecisionStage(names, cfg.decision, cfg.risk)
     rnd.engine = _RandomEngine(names, p_buy, p_sell, seed)
     s2, e2 = run(vectors, predictions, rnd)
@@ -241,6 +248,8 @@ def _table(reports: Sequence[Report]) -> str:
     for r in reports:
         lines.append(f"{r.name:<62} {r.bars:>6} {r.buys:>5} {r.sells:>5} {r.hit_rate:>6.3f} {r.total_return:>9.4%} "
                      f"{r.sharpe:>7.2f} {r.max_drawdown:>7.2%} {r.turnover:>8.2f}")
+    if reports[0].vetoes:
+        lines.append("vetoes (strategy): " + ", ".join(f"{k} {v}" for k, v in sorted(reports[0].vetoes.items())))
     if reports[0].calibration:
         lines.append("confidence calibration (strategy): " + ", ".join(
             f"{lo:.0f}-{hi:.0f}: right {hit:.3f} of {n}" for lo, hi, n, hit in reports[0].calibration))
