@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from core._process import ServerProcess
 from core.errors import NatsServerError
 
 __all__ = ["find_nats_server", "free_port", "die_with_parent", "NatsServer"]
@@ -52,7 +53,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One nats-server process with JetStream on a store directory.
 
     Args:
@@ -79,18 +80,8 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
-    @property
-    def returncode(self) -> int | None:
-        """The exit code of the last process, None while it runs or before it started."""
-        return self._proc.poll() if self._proc is not None else None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, ready_timeout_s: float = 10.0) -> "NatsServer":
         """Starts the server and waits until JetStream answers ``/healthz``.
@@ -129,22 +120,3 @@ class NatsServer:
                 return resp.status == 200
         except OSError:
             return False
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stops the server gracefully (SIGTERM), killing it if it does not exit in time."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> "NatsServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from core._process import ServerProcess
 from core.errors import TritonServerError
 from core.natsserver import die_with_parent, free_port
 
@@ -145,8 +146,10 @@ def prepare_backend(venv: str | os.PathLike, backend_dir: str | os.PathLike) -> 
     return backend_dir
 
 
-class TritonServer:
+class TritonServer(ServerProcess):
     """One tritonserver process serving a model repository on loopback ports.
+
+    Stopping waits up to 15 s: Triton unloads every model and its Python stubs first.
 
     Args:
         repo: the model repository (``triton_models/``).
@@ -176,6 +179,8 @@ class TritonServer:
         self.log_file = self.work_dir / "tritonserver.log"
         self._proc: subprocess.Popen | None = None
 
+    stop_timeout_s = 15.0
+
     def __repr__(self) -> str:
         return f"TritonServer(grpc_url={self.grpc_url!r}, repo={str(self.repo)!r}, models={self.models})"
 
@@ -187,13 +192,7 @@ class TritonServer:
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _command(self, backend_dir: Path) -> list[str]:
         return [str(_pytriton_dir(self.runtime_venv) / "bin" / "tritonserver"),
@@ -317,31 +316,6 @@ class TritonServer:
             return ""
         noise = ("NVML", "DCGM", "CUDA", "Cuda", "pinned memory")
         return "\n".join([ln for ln in text if not any(n in ln for n in noise)][-lines:])
-
-    def kill(self) -> None:
-        """SIGKILLs the server (tests of what a crash does)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stops the server gracefully (SIGTERM), killing it if it does not exit in time."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> "TritonServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def server_from_config(cfg: "Config") -> TritonServer:
