@@ -22,6 +22,8 @@ __all__ = [
     "FeaturesOut",
     "PredictionOut",
     "SignalOut",
+    "FeedbackOut",
+    "FeedbackEntryOut",
     "PositionOut",
     "PortfolioOut",
     "SymbolOut",
@@ -146,6 +148,24 @@ class SignalOut(msgspec.Struct, frozen=True):
 
 def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
+
+
+class FeedbackEntryOut(msgspec.Struct, frozen=True):
+    """One verdict given on a signal."""
+
+    kind: str
+    note: str
+    received_ns: int
+
+
+class FeedbackOut(msgspec.Struct, frozen=True):
+    """The verdict just stored, and every verdict on that signal so far (oldest first)."""
+
+    id: str
+    kind: str
+    note: str
+    received_ns: int
+    history: list[FeedbackEntryOut]
 
 
 class PositionOut(msgspec.Struct, frozen=True):

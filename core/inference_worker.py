@@ -42,9 +42,9 @@ from core.features.engine import names_digest
 from core.inference import InferenceClient, Result, Router
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS, summarize
-from core.routing import config_route, decode_route, route_key
+from core.routing import config_route, decode_route
 from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, FeatureVector, Prediction, pred_msg_id
-from core.signals import DecisionStage
+from core.signals import DecisionStage, Feedback
 
 __all__ = ["InferenceWorker", "InferenceStats", "register"]
 
@@ -65,6 +65,7 @@ class InferenceStats(msgspec.Struct):
     signals: int = 0
     buy: int = 0
     sell: int = 0
+    feedback: int = 0
     warming: int = 0
     dead_letters: int = 0
     series: int = 0
@@ -92,6 +93,7 @@ class _State(msgspec.Struct, array_like=True):
     warmed: list[bool]
     decision_names: list[str] = []
     decision: bytes = b""
+    feedback_applied: list[str] = []
 
 
 class InferenceWorker(SnapshotWorker):
@@ -121,7 +123,8 @@ class InferenceWorker(SnapshotWorker):
         self.series: dict[tuple[str, str, str], _Series] = {}
         self._columns: dict[str, np.ndarray | None] = {}
         self._client: InferenceClient | None = None
-        self._watch: asyncio.Task | None = None
+        self._watches: list[asyncio.Task] = []
+        self._feedback_applied: set[str] = set()  # signal ids whose feedback moved the weights
         self._decision_cfg = (cfg.decision, cfg.risk)
         self.decisions: DecisionStage | None = None  # made for the layout of the first vector
 
@@ -132,6 +135,7 @@ class InferenceWorker(SnapshotWorker):
     def reset_state(self) -> None:
         self.series = {}
         self.decisions = None
+        self._feedback_applied = set()
 
     def state_bytes(self) -> bytes:
         keys = list(self.series)
@@ -140,7 +144,8 @@ class InferenceWorker(SnapshotWorker):
         return msgspec.msgpack.encode(_State(_LAYOUT, keys, windows.astype("<f8").tobytes(),
                                              [self.series[k].finite_run for k in keys],
                                              [self.series[k].warmed for k in keys],
-                                             d.names if d else [], d.snapshot() if d else b""))
+                                             d.names if d else [], d.snapshot() if d else b"",
+                                             sorted(self._feedback_applied)))
 
     def restore_state(self, data: bytes) -> None:
         st = msgspec.msgpack.decode(data, type=_State)
@@ -154,6 +159,7 @@ class InferenceWorker(SnapshotWorker):
             s.finite_run, s.warmed = st.finite_runs[i], st.warmed[i]
             self.series[tuple(key)] = s
         self.decisions = None
+        self._feedback_applied = set(st.feedback_applied)
         if st.decision:
             self.decisions = DecisionStage(st.decision_names, *self._decision_cfg)
             self.decisions.restore(st.decision)
@@ -166,17 +172,22 @@ class InferenceWorker(SnapshotWorker):
                 window_ms=self.cfg.window_ms, max_batch=self.cfg.max_batch, deadline_ms=self.cfg.deadline_ms,
                 breaker_failures=self.cfg.breaker_failures, breaker_open_s=self.cfg.breaker_open_s)
             await self._client.__aenter__()
-        if self._watch is None:
-            self._watch = asyncio.create_task(self._watch_routes())
         await super().on_start()
+        # (Re)started after the state is restored: a new watch delivers every current value
+        # again, so feedback given after the restored snapshot is applied (once: ids are kept).
+        for task in self._watches:
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+        self._watches = [asyncio.create_task(self._watch("route.*", self._apply_route)),
+                         asyncio.create_task(self._watch("feedback.*", self._apply_feedback))]
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             await super().run(stop)
         finally:
-            if self._watch is not None:
-                self._watch.cancel()
-                await asyncio.gather(self._watch, return_exceptions=True)
+            for task in self._watches:
+                task.cancel()
+            await asyncio.gather(*self._watches, return_exceptions=True)
             if self._client is not None:
                 await self._client.close()
 
@@ -194,34 +205,44 @@ class InferenceWorker(SnapshotWorker):
         kv = await self.js.key_value(streams.STATE_BUCKET)
         await kv.put(streams.PORTFOLIO_KEY, msgspec.json.encode(book))  # NaN (a price not seen yet) -> null
 
-    async def _watch_routes(self) -> None:
-        """Applies every change of ``route.<model>`` in the state bucket to the router."""
+    async def _watch(self, pattern: str, apply) -> None:
+        """Calls ``apply(entry)`` for every value put under ``pattern`` in the state bucket (the
+        current ones first), for as long as the worker runs; a failed watch is retried."""
         while True:
             try:
                 kv = await self.js.key_value(streams.STATE_BUCKET)
-                watcher = await kv.watch("route.*")
+                watcher = await kv.watch(pattern)
                 while True:
                     try:
                         entry = await watcher.updates(timeout=5.0)
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         continue
-                    if entry is None or entry.value is None:
-                        continue
-                    model = entry.key.split(".", 1)[1]
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
                         continue
                     try:
-                        route = decode_route(entry.value)
-                    except TickmeshError as exc:
-                        log.warning("ignoring %s: %s", route_key(model), exc)
-                        continue
-                    self.router.set(model, route)
-                    log.info("route of %s is now %s", model, route)
+                        apply(entry)
+                    except (TickmeshError, msgspec.DecodeError) as exc:
+                        log.warning("ignoring %s: %s", entry.key, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the watch is retried; inference goes on
-                log.warning("route watch failed (%s); retrying", exc)
+                log.warning("watch of %s failed (%s); retrying", pattern, exc)
                 await asyncio.sleep(1.0)
+
+    def _apply_route(self, entry) -> None:
+        model = entry.key.split(".", 1)[1]
+        route = decode_route(entry.value)
+        self.router.set(model, route)
+        log.info("route of %s is now %s", model, route)
+
+    def _apply_feedback(self, entry) -> None:
+        """A user's verdict moves the voting sources' hit rates on that series, once per signal."""
+        fb = msgspec.json.decode(entry.value, type=Feedback)
+        if fb.id in self._feedback_applied or self.decisions is None:
+            return
+        if self.decisions.feedback(fb):
+            self.stats.feedback += 1
+        self._feedback_applied.add(fb.id)
 
     # -- messages -----------------------------------------------------------------------------
     def _model_columns(self, vec: FeatureVector) -> np.ndarray | None:

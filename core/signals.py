@@ -13,6 +13,7 @@ do not trade one position).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Sequence
 
 import msgspec
@@ -24,7 +25,7 @@ from core.portfolio import Portfolio
 from core.risk import VETO_NAMES, RiskSettings, size, stops
 from core.schema import FeatureVector, Prediction, Signal, sig_id
 
-__all__ = ["DecisionStage"]
+__all__ = ["DecisionStage", "Feedback", "feedback_key"]
 
 _ACTIONS = {1: "BUY", -1: "SELL", 0: "HOLD"}
 _RULES = [s for s in SOURCES if s in RULE_FEATURES]
@@ -34,6 +35,30 @@ def _first(p: Prediction | None, name: str, default: float = np.nan) -> float:
     if p is None or name not in p.outputs or not p.outputs[name]:
         return default
     return float(p.outputs[name][0])
+
+
+class Feedback(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's verdict on one signal: ``executed`` (agreed), ``dismissed`` (disagreed) or ``note``.
+
+    Stored by the API (ClickHouse ``feedback``, the audit trail) and put in the state bucket under
+    `feedback_key`, where inference workers pick it up and move the voting sources' hit rates on
+    that series (`DecisionStage.feedback`).
+    """
+
+    id: str
+    venue: str
+    symbol: str
+    tf: str
+    action: str
+    kind: str
+    note: str = ""
+    contributions: dict[str, float] = {}
+    received_ns: int = 0
+
+
+def feedback_key(signal_id: str) -> str:
+    """State-bucket key of a signal's latest feedback (ids hold characters keys may not)."""
+    return "feedback." + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
 
 
 class DecisionStage:
@@ -141,6 +166,17 @@ class DecisionStage:
                 model_versions={m: p.version for m, p in preds.items()},
                 degraded=any(p.degraded for p in preds.values()), veto=veto, calibrated=calibrated))
         return out
+
+    def feedback(self, fb: Feedback) -> bool:
+        """Applies a verdict to the series it concerns; False when there is nothing to learn
+        (a note, a HOLD, or a series this stage has not seen)."""
+        row = self._rows.get((fb.tf, fb.venue, fb.symbol))
+        action = {"BUY": 1, "SELL": -1}.get(fb.action, 0)
+        if row is None or not action or fb.kind not in ("executed", "dismissed"):
+            return False
+        votes = np.array([fb.contributions.get(s, np.nan) for s in SOURCES])  # same signs as the votes
+        self.engine.feedback(row, votes, action, agreed=fb.kind == "executed")
+        return True
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode([self.engine.snapshot(), self.portfolio.to_bytes(),

@@ -79,6 +79,11 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("model_versions", "Map(LowCardinality(String), UInt32)"), ("degraded", "Bool"), ("veto", _LC),
         ("calibrated", "Bool"),
     ),
+    # The audit trail of what users said about signals.
+    "feedback": (
+        ("id", "String"), ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("action", _LC), ("kind", _LC),
+        ("note", "String"), ("received_ns", "Int64"),
+    ),
     "dead_letters": (
         ("stage", _LC), ("venue", _LC), ("symbol", _LC), ("reason", "String"), ("detail", "String"),
         ("raw", "String"), ("recv_ns", "Int64"), ("stream", _LC), ("stream_seq", "UInt64"),
@@ -93,6 +98,7 @@ _ORDER_BY = {
     "features": "(venue, symbol, tf, start_ns)",
     "predictions": "(model, venue, symbol, tf, start_ns)",
     "signals": "(venue, symbol, tf, start_ns)",
+    "feedback": "(id, received_ns)",
     # The stream is part of the key: sequences of different streams overlap, and the sink
     # dead-letters messages from several streams under one stage.
     "dead_letters": "(stage, venue, stream, stream_seq)",
@@ -430,6 +436,23 @@ class Store:
             "signals",
             f"SELECT * FROM (SELECT {cols} FROM {{db}}.signals FINAL WHERE {' AND '.join(where)} "
             "ORDER BY start_ns DESC, venue DESC, tf DESC LIMIT {limit:UInt64}) ORDER BY start_ns, venue, tf", params)
+
+    def signal(self, signal_id: str) -> dict | None:
+        """The stored signal with this id, or None."""
+        cols = ", ".join(name for name, _ in TABLES["signals"])
+        rows = self._rows("signals", f"SELECT {cols} FROM {{db}}.signals FINAL WHERE id = {{id:String}} LIMIT 1",
+                          {"id": signal_id})
+        return rows[0] if rows else None
+
+    def insert_feedback(self, items: Sequence[Any]) -> int:
+        """Inserts `core.signals.Feedback` records (the audit trail)."""
+        return self._insert_structs("feedback", items)
+
+    def feedback(self, signal_id: str) -> list[dict]:
+        """Every verdict given on a signal, oldest first."""
+        cols = ", ".join(name for name, _ in TABLES["feedback"])
+        return self._rows("feedback", f"SELECT {cols} FROM {{db}}.feedback FINAL WHERE id = {{id:String}} "
+                          "ORDER BY received_ns", {"id": signal_id})
 
     def insert_predictions(self, preds: Sequence[Prediction]) -> int:
         """Inserts predictions, one row each.

@@ -38,6 +38,7 @@ from core.natsserver import free_port
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
 from core.portfolio import Portfolio
+from core.signals import Feedback, feedback_key
 from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, Signal, TradeBatch, bar_msg_id,
                          batch_msg_id, feat_msg_id, pred_msg_id, sig_id)
 from tests.conftest import shared_file
@@ -341,6 +342,31 @@ async def test_signals_reach_api_through_sink_filtered_as_a_trader_asks(api: Api
     buys = (await api.http.get("/api/signals", params={**query, "action": "BUY", "venue": "binance"})).json()
     assert buys and all(g["action"] == "BUY" for g in buys)
     assert (await api.http.get("/api/signals", params={**query, "timeframe": "5m"})).json() == []
+
+
+async def test_feedback_is_stored_and_handed_to_the_workers(api: ApiStack):
+    bars = binance_klines_bars()
+    sg = _signal(bars[0], 0)  # a BUY
+    await api.js.publish(subjects.sig(sg.venue, sg.symbol), CODEC.encode(sg), headers={HDR_MSG_ID: sg.id})
+    await eventually(lambda: _stored_signal(api, sg.id), "the signal stored")
+    url = f"/api/signals/{sg.id}/feedback"
+    first = await api.http.post(url, json={"kind": "executed", "note": "filled at 2.5e-5"})
+    assert first.status_code == 201, first.text
+    second = (await api.http.post(url, json={"kind": "note", "note": "slippage 1 tick"})).json()
+    assert [(h["kind"], h["note"]) for h in second["history"]] == [("executed", "filled at 2.5e-5"),
+                                                                   ("note", "slippage 1 tick")]
+    kv = await api.js.key_value(streams.STATE_BUCKET)
+    fb = msgspec.json.decode((await kv.get(feedback_key(sg.id))).value, type=Feedback)
+    assert (fb.id, fb.kind, fb.action, fb.contributions) == (sg.id, "note", "BUY", sg.contributions)
+    missing = await api.http.post("/api/signals/sig.1m.binance.ADA-BTC.1/feedback", json={"kind": "executed"})
+    assert missing.status_code == 404
+    bad = await api.http.post(url, json={"kind": "liked"})
+    assert bad.status_code == 400
+
+
+async def _stored_signal(api: ApiStack, signal_id: str):
+    got = (await api.http.get("/api/signals", params={"symbol": "ADA-BTC"})).json()
+    return any(g["id"] == signal_id for g in got) or None
 
 
 async def test_trades_reach_api_through_sink_with_every_field_equal(api: ApiStack):

@@ -20,7 +20,8 @@ from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS
 from core.natsserver import free_port
 from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, Signal, feat_msg_id
-from core.signals import DecisionStage
+from core.decision import SOURCES
+from core.signals import DecisionStage, Feedback, feedback_key
 from core.triton import PROJECT_ROOT
 from tests.conftest import shared_file
 from tests.test_worker import stream_messages, wait_until
@@ -264,3 +265,39 @@ async def test_real_triton_then_killed_then_back(nc, vectors, triton_server):
     executions = sum(int(s.get("execution_count", 0)) for s in stats)
     inferences = sum(int(s.get("inference_count", 0)) for s in stats)
     assert 0 < executions < inferences
+
+
+async def test_feedback_moves_the_voters_once(nc, vectors):
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    await publish(js, vectors)
+    cfg, url = unreachable_triton_config()
+    worker = InferenceWorker(js, cfg, url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: _seen(worker, len(vectors)), timeout_s=60)
+        sigs = signals(await stream_messages(js, streams.SIG_STREAM))
+        sig = next(s for s in sigs.values() if s.action == "BUY" and sum(c != 0 for c in s.contributions.values()) > 1)
+        row = worker.decisions._rows[(sig.tf, sig.venue, sig.symbol)]
+        before = worker.decisions.engine.hit_rate[row].copy()
+        fb = Feedback(id=sig.id, venue=sig.venue, symbol=sig.symbol, tf=sig.tf, action=sig.action, kind="executed",
+                      contributions=sig.contributions)
+        kv = await js.key_value(streams.STATE_BUCKET)
+        for _ in range(2):  # given twice (a retry): applied once
+            await kv.put(feedback_key(sig.id), msgspec.json.encode(fb))
+        await wait_until(lambda: _feedback_seen(worker), timeout_s=20)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await task
+    after = worker.decisions.engine.hit_rate[row]
+    for j, source in enumerate(SOURCES):
+        c = sig.contributions.get(source, 0.0)
+        want = before[j] + 0.02 * ((1.0 if c > 0 else 0.0) - before[j]) if c else before[j]
+        assert after[j] == pytest.approx(want), source
+    assert worker.stats.feedback == 1
+
+
+async def _feedback_seen(worker) -> bool:
+    return worker.stats.feedback >= 1

@@ -5,7 +5,7 @@ from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
 from api.controllers.portfolio import PortfolioController
 from api.controllers.predictions import PredictionsController
-from api.controllers.signals import SignalsController
+from api.controllers.signals import FeedbackController, SignalsController
 from api.controllers.health import HealthController
 from api.controllers.live import LiveBarsController, LiveSignalsController
 from api.controllers.metrics import MetricsController
@@ -19,6 +19,7 @@ __all__ = [
     "PortfolioController",
     "PredictionsController",
     "SignalsController",
+    "FeedbackController",
     "HealthController",
     "LiveBarsController",
     "LiveSignalsController",
@@ -29,5 +30,5 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, PortfolioController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
+               SignalsController, FeedbackController, PortfolioController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
                DashboardController)

@@ -1,19 +1,26 @@
-"""``GET /api/signals``: stored signals of one symbol, filtered as a trader asks for them."""
+"""``GET /api/signals``: stored signals of one symbol, filtered as a trader asks for them;
+``POST /api/signals/{id}/feedback``: a user's verdict on one."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
-from litestar import Controller, get
+import msgspec
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, JSONBody, Parameter
 
 from api.controllers._query import ERROR_RESPONSES, End, Limit, Start, Symbol
-from api.models import SignalOut
+from api.models import FeedbackEntryOut, FeedbackOut, SignalOut
 from api.params import check_range, check_timeframe, parse_time_ns
+from api.runtime import ApiRuntime
+from core.signals import Feedback, feedback_key
 from core.store import Store
+from core.streams import STATE_BUCKET
 
-__all__ = ["SignalsController"]
+__all__ = ["SignalsController", "FeedbackController", "FeedbackIn"]
 
 OptionalVenue = Annotated[str | None, Parameter(description="venue id, e.g. `kraken` (default: every venue)")]
 OptionalTimeframe = Annotated[str | None, Parameter(description="bar timeframe, e.g. `5m` (default: every one)")]
@@ -40,3 +47,36 @@ class SignalsController(Controller):
         check_range(start_ns, end_ns)
         rows = await store.run(store.signals, symbol, venue, tf, min_confidence, action, start_ns, end_ns, limit)
         return [SignalOut.from_row(r) for r in rows]
+
+
+class FeedbackIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A verdict on a signal: ``executed`` (you acted on it), ``dismissed`` (you did not agree) or
+    ``note`` (a remark only; the weights do not move)."""
+
+    kind: Literal["executed", "dismissed", "note"]
+    note: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class FeedbackController(Controller):
+    path = "/api/signals/{signal_id:str}/feedback"
+    tags = ["signals"]
+
+    @post("/", summary="Feedback on a signal", status_code=201, responses=ERROR_RESPONSES)
+    async def give(self, store: NamedDependency[Store], runtime: NamedDependency[ApiRuntime],
+                   signal_id: FromPath[str], data: JSONBody[FeedbackIn]) -> FeedbackOut:
+        """Stores the verdict (the audit trail) and hands it to the inference workers, which move
+        the hit rates of the sources that voted for the signal on its series (executed: as if the
+        market had agreed; dismissed: as if it had not). 404 for an unknown signal id.
+        """
+        row = await store.run(store.signal, signal_id)
+        if row is None:
+            raise NotFoundException(f"no signal {signal_id!r}")
+        fb = Feedback(id=signal_id, venue=row["venue"], symbol=row["symbol"], tf=row["tf"], action=row["action"],
+                      kind=data.kind, note=data.note, contributions=dict(row["contributions"]),
+                      received_ns=time.time_ns())
+        await store.run(store.insert_feedback, [fb])
+        kv = await runtime.js.key_value(STATE_BUCKET)
+        await kv.put(feedback_key(signal_id), msgspec.json.encode(fb))
+        return FeedbackOut(id=fb.id, kind=fb.kind, note=fb.note, received_ns=fb.received_ns,
+                           history=[FeedbackEntryOut(r["kind"], r["note"], r["received_ns"])
+                                    for r in await store.run(store.feedback, signal_id)])
