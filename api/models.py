@@ -24,6 +24,8 @@ __all__ = [
     "SignalOut",
     "FeedbackOut",
     "FeedbackEntryOut",
+    "SimilarSignalOut",
+    "SimilarOut",
     "PositionOut",
     "PortfolioOut",
     "SymbolOut",
@@ -166,6 +168,32 @@ class FeedbackOut(msgspec.Struct, frozen=True):
     note: str
     received_ns: int
     history: list[FeedbackEntryOut]
+
+
+class SimilarSignalOut(msgspec.Struct, frozen=True):
+    """An earlier signal like the one asked about, and its outcome (log return; null: unknown)."""
+
+    id: str
+    start_ns: int
+    score: float
+    confidence: float
+    degraded: bool
+    outcome: float | None
+
+
+class SimilarOut(msgspec.Struct, frozen=True):
+    """How past signals like ``id`` did ``horizon_bars`` bars later."""
+
+    id: str
+    action: str
+    score: float
+    horizon_bars: int
+    count: int
+    with_outcome: int
+    hit_rate: float | None
+    mean_return: float | None
+    median_return: float | None
+    similar: list[SimilarSignalOut]
 
 
 class PositionOut(msgspec.Struct, frozen=True):

@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from core.errors import StoreError
-from core.schema import Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
+from core.schema import TIMEFRAME_NS, Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
 
 __all__ = ["TABLES", "DDL", "Store"]
 
@@ -443,6 +443,37 @@ class Store:
         rows = self._rows("signals", f"SELECT {cols} FROM {{db}}.signals FINAL WHERE id = {{id:String}} LIMIT 1",
                           {"id": signal_id})
         return rows[0] if rows else None
+
+    def similar_signals(self, signal_id: str, horizon_bars: int = 1, limit: int = 50) -> tuple[dict, list[dict]] | None:
+        """Past signals like ``signal_id`` and how they did.
+
+        "Like" means the same venue, symbol, timeframe and action, earlier than it, nearest in vote
+        score. For each one, ``outcome`` is the log return from its price to the close
+        ``horizon_bars`` bars later (NaN when that bar is not stored).
+
+        Returns:
+            ``(signal, similar)``, or None when ``signal_id`` is unknown.
+        """
+        this = self.signal(signal_id)
+        if this is None:
+            return None
+        tf_ns = TIMEFRAME_NS.get(this["tf"], 0)
+        params = {k: this[k] for k in ("venue", "symbol", "tf", "action", "start_ns", "score")}
+        params.update(limit=int(limit), ahead_ns=int(horizon_bars * tf_ns))
+        rows = self._rows(
+            "signals",
+            "SELECT s.id AS id, s.start_ns AS start_ns, s.score AS score, s.confidence AS confidence, "
+            "s.price AS price, s.degraded AS degraded, "
+            "if(b.start_ns = 0, nan, log(b.close / s.price)) AS outcome "
+            "FROM (SELECT id, start_ns, score, confidence, price, degraded FROM {db}.signals FINAL "
+            "WHERE venue = {venue:String} AND symbol = {symbol:String} AND tf = {tf:String} "
+            "AND action = {action:String} AND start_ns < {start_ns:Int64} AND isFinite(score) "
+            "ORDER BY abs(score - {score:Float64}), start_ns DESC LIMIT {limit:UInt64}) AS s "
+            "LEFT JOIN (SELECT start_ns, close FROM {db}.bars FINAL WHERE venue = {venue:String} "
+            "AND symbol = {symbol:String} AND tf = {tf:String}) AS b "
+            "ON b.start_ns = s.start_ns + {ahead_ns:Int64} ORDER BY abs(s.score - {score:Float64}), s.start_ns DESC",
+            params)
+        return this, rows
 
     def insert_feedback(self, items: Sequence[Any]) -> int:
         """Inserts `core.signals.Feedback` records (the audit trail)."""

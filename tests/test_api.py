@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -362,6 +363,40 @@ async def test_feedback_is_stored_and_handed_to_the_workers(api: ApiStack):
     assert missing.status_code == 404
     bad = await api.http.post(url, json={"kind": "liked"})
     assert bad.status_code == 400
+
+
+async def test_similar_signals_and_how_they_did(api: ApiStack):
+    bars = binance_klines_bars()
+    await api.publish_bars(bars)
+    sigs = [_signal(b, i) for i, b in enumerate(bars)]  # BUY, SELL, HOLD, BUY, ...; score 0.1 * (i % 5)
+    for sg in sigs:
+        await api.js.publish(subjects.sig(sg.venue, sg.symbol), CODEC.encode(sg), headers={HDR_MSG_ID: sg.id})
+    await eventually(lambda: _stored_signal(api, sigs[-1].id), "the signals stored")
+    await eventually(lambda: _bars_stored(api, len(bars)), "the bars stored")
+    last_buy = max((i for i, sg in enumerate(sigs) if sg.action == "BUY"), key=lambda i: i)
+    got = (await api.http.get(f"/api/signals/{sigs[last_buy].id}/similar", params={"horizon": 1})).json()
+    earlier = [i for i, sg in enumerate(sigs) if sg.action == "BUY" and i < last_buy]
+    assert got["count"] == len(earlier) and got["action"] == "BUY"
+    by_id = {s["id"]: s for s in got["similar"]}
+    close_at = {b.start_ns: b.close for b in bars}  # the file holds two days: not every bar has a next one
+    outcomes = []
+    for i in earlier:  # each outcome from the stored closes, by hand
+        nxt = close_at.get(sigs[i].start_ns + 60 * 10**9)
+        if nxt is None:
+            assert by_id[sigs[i].id]["outcome"] is None
+        else:
+            outcomes.append(math.log(nxt / sigs[i].price))
+            assert by_id[sigs[i].id]["outcome"] == pytest.approx(outcomes[-1])
+    assert got["with_outcome"] == len(outcomes) >= 3
+    scores = [abs(s["score"] - sigs[last_buy].score) for s in got["similar"]]
+    assert scores == sorted(scores)  # nearest in score first
+    assert got["hit_rate"] == pytest.approx(sum(o > 0 for o in outcomes) / len(outcomes))
+    assert (await api.http.get("/api/signals/nosuch/similar")).status_code == 404
+
+
+async def _bars_stored(api: ApiStack, n: int):
+    got = (await api.http.get("/api/bars", params={"venue": "binance", "symbol": "ADA-BTC", "timeframe": "1m"})).json()
+    return len(got) >= n or None
 
 
 async def _stored_signal(api: ApiStack, signal_id: str):

@@ -5,7 +5,7 @@ from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
 from api.controllers.portfolio import PortfolioController
 from api.controllers.predictions import PredictionsController
-from api.controllers.signals import FeedbackController, SignalsController
+from api.controllers.signals import FeedbackController, SignalsController, SimilarController
 from api.controllers.health import HealthController
 from api.controllers.live import LiveBarsController, LiveSignalsController
 from api.controllers.metrics import MetricsController
@@ -20,6 +20,7 @@ __all__ = [
     "PredictionsController",
     "SignalsController",
     "FeedbackController",
+    "SimilarController",
     "HealthController",
     "LiveBarsController",
     "LiveSignalsController",
@@ -30,5 +31,5 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, FeedbackController, PortfolioController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
-               DashboardController)
+               SignalsController, FeedbackController, SimilarController, PortfolioController, TradesController,
+               LiveBarsController, LiveSignalsController, MetricsController, DashboardController)

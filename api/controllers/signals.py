@@ -1,26 +1,29 @@
 """``GET /api/signals``: stored signals of one symbol, filtered as a trader asks for them;
-``POST /api/signals/{id}/feedback``: a user's verdict on one."""
+``POST /api/signals/{id}/feedback``: a user's verdict on one; ``GET /api/signals/{id}/similar``:
+how past signals like it did."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Literal
 
 import msgspec
+import numpy as np
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, Parameter
 
 from api.controllers._query import ERROR_RESPONSES, End, Limit, Start, Symbol
-from api.models import FeedbackEntryOut, FeedbackOut, SignalOut
+from api.models import FeedbackEntryOut, FeedbackOut, SignalOut, SimilarOut, SimilarSignalOut
 from api.params import check_range, check_timeframe, parse_time_ns
 from api.runtime import ApiRuntime
 from core.signals import Feedback, feedback_key
 from core.store import Store
 from core.streams import STATE_BUCKET
 
-__all__ = ["SignalsController", "FeedbackController", "FeedbackIn"]
+__all__ = ["SignalsController", "FeedbackController", "SimilarController", "FeedbackIn"]
 
 OptionalVenue = Annotated[str | None, Parameter(description="venue id, e.g. `kraken` (default: every venue)")]
 OptionalTimeframe = Annotated[str | None, Parameter(description="bar timeframe, e.g. `5m` (default: every one)")]
@@ -80,3 +83,34 @@ class FeedbackController(Controller):
         return FeedbackOut(id=fb.id, kind=fb.kind, note=fb.note, received_ns=fb.received_ns,
                            history=[FeedbackEntryOut(r["kind"], r["note"], r["received_ns"])
                                     for r in await store.run(store.feedback, signal_id)])
+
+
+class SimilarController(Controller):
+    path = "/api/signals/{signal_id:str}/similar"
+    tags = ["signals"]
+
+    @get("/", summary="How past signals like this one did", responses=ERROR_RESPONSES)
+    async def similar(self, store: NamedDependency[Store], signal_id: FromPath[str],
+                      horizon: Annotated[int, Parameter(ge=1, le=1000, description="bars ahead (default 1)")] = 1,
+                      limit: Annotated[int, Parameter(ge=1, le=1000, description="most similar signals")] = 50,
+                      ) -> SimilarOut:
+        """Earlier signals of the same venue, symbol, timeframe and action, nearest in vote score,
+        each with its outcome: the log return from its price to the close ``horizon`` bars later
+        (null when that bar is not stored). ``hit_rate``: share of outcomes in the action's
+        direction. 404 for an unknown signal id.
+        """
+        got = await store.run(store.similar_signals, signal_id, horizon, limit)
+        if got is None:
+            raise NotFoundException(f"no signal {signal_id!r}")
+        this, rows = got
+        sign = {"BUY": 1.0, "SELL": -1.0}.get(this["action"], 0.0)
+        outcomes = np.array([r["outcome"] for r in rows], dtype=np.float64)
+        known = outcomes[np.isfinite(outcomes)]
+        return SimilarOut(
+            id=signal_id, action=this["action"], score=this["score"], horizon_bars=horizon, count=len(rows),
+            with_outcome=int(known.size),
+            hit_rate=float((np.sign(known) == sign).mean()) if known.size and sign else None,
+            mean_return=float(known.mean()) if known.size else None,
+            median_return=float(np.median(known)) if known.size else None,
+            similar=[SimilarSignalOut(r["id"], r["start_ns"], r["score"], r["confidence"], bool(r["degraded"]),
+                                      None if math.isnan(r["outcome"]) else r["outcome"]) for r in rows])
