@@ -1,7 +1,8 @@
 """The decision stage: feature vectors and the predictions made for them → signals.
 
 One object, used the same way live and in a replay, so that a replay of the same inputs gives the
-same signals. Per bar close, for every vector of the chunk at once: the paper portfolio is marked
+same signals. For the vectors of one call (one per series; the live worker and the backtest pass
+one at a time, in stream order), all at once: the paper portfolio is marked
 at the bars' closes, the `core.decision.DecisionEngine` votes (rules + forecast, anomaly veto,
 regime size), `core.risk` turns the action into ATR stops, risk-reward, Kelly and a position size
 within the limits, the paper portfolio takes the order as a fill, and one `core.schema.Signal`
