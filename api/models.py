@@ -26,6 +26,7 @@ __all__ = [
     "FeedbackEntryOut",
     "SimilarSignalOut",
     "SimilarOut",
+    "AlertOut",
     "PositionOut",
     "PortfolioOut",
     "SymbolOut",
@@ -194,6 +195,24 @@ class SimilarOut(msgspec.Struct, frozen=True):
     mean_return: float | None
     median_return: float | None
     similar: list[SimilarSignalOut]
+
+
+class AlertOut(msgspec.Struct, frozen=True):
+    """One alert (`core.schema.Alert`)."""
+
+    id: str
+    priority: str
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    action: str
+    title: str
+    body: str
+    context: dict[str, Any]
+    link: str
+    count: int
+    signal_ids: list[str]
 
 
 class PositionOut(msgspec.Struct, frozen=True):

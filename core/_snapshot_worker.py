@@ -173,11 +173,12 @@ class SnapshotWorker:
         await self._out.wait()
         await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the whole chunk
 
-    async def dead_letter(self, subject: str, reason: str, raw: bytes, tag: str) -> None:
-        """Publishes a dead letter on ``dlq.<stage>.<venue>`` (Msg-Id ``dlq.<stage>.<tag>``)."""
+    async def dead_letter(self, subject: str, reason: str, raw: bytes, tag: str, venue: str | None = None) -> None:
+        """Publishes a dead letter on ``dlq.<stage>.<venue>`` (Msg-Id ``dlq.<stage>.<tag>``); the
+        venue is read from ``subject`` unless given."""
         self.stats.dead_letters += 1
         try:
-            venue = subjects.parse(subject).venue
+            venue = venue or subjects.parse(subject).venue
         except Exception:  # a subject outside our families still gets its dead letter
             venue = "unknown"
         letter = DeadLetter(self.stage, venue, reason, raw=raw, recv_ns=time.time_ns(), detail=subject)

@@ -24,7 +24,7 @@ from typing import Annotated, Callable, Literal
 
 import msgspec
 
-from core.schema import Signal
+from core.schema import Alert, Signal
 
 __all__ = ["PRIORITIES", "AlertSettings", "Alert", "Delivery", "priority", "Alerter", "Deliverer"]
 
@@ -53,24 +53,6 @@ class AlertSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retries: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     link_base: str = "http://127.0.0.1:8000/"
-
-
-class Alert(msgspec.Struct, frozen=True, kw_only=True):
-    """One alert: the first signal of its window and what was folded into it."""
-
-    id: str
-    priority: str
-    venue: str
-    symbol: str
-    tf: str
-    start_ns: int
-    action: str
-    title: str
-    body: str
-    context: dict[str, float | str]
-    link: str
-    count: int = 1
-    signal_ids: list[str] = []
 
 
 class Delivery(msgspec.Struct, frozen=True):

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Mapping
 
 import msgspec
 
+from core.alerts import AlertSettings
 from core.decision import DecisionSettings
 from core.errors import ConfigError
 from core.risk import RiskSettings
@@ -71,6 +72,8 @@ class StreamsConfig(_Section):
     pred_max_bytes: PositiveInt = 1024**3
     sig_max_age_s: Positive = 90 * 86400
     sig_max_bytes: PositiveInt = 1024**3
+    alert_max_age_s: Positive = 365 * 86400
+    alert_max_bytes: PositiveInt = 256 * 1024**2
     dlq_max_age_s: Positive = 30 * 86400
     dlq_max_bytes: PositiveInt = 256 * 1024**2
     duplicate_window_s: Positive = 120.0
@@ -198,6 +201,7 @@ class Config(_Section):
     inference: InferenceConfig = InferenceConfig()
     decision: DecisionSettings = DecisionSettings()
     risk: RiskSettings = RiskSettings()
+    alerts: AlertSettings = AlertSettings()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
 

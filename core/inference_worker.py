@@ -43,7 +43,8 @@ from core.inference import InferenceClient, Result, Router
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS, summarize
 from core.routing import config_route, decode_route
-from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, FeatureVector, Prediction, pred_msg_id
+from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, Alert, FeatureVector, Prediction, pred_msg_id
+from core.alerts import Alerter, Deliverer, Delivery
 from core.signals import DecisionStage, Feedback
 
 __all__ = ["InferenceWorker", "InferenceStats", "register"]
@@ -66,6 +67,9 @@ class InferenceStats(msgspec.Struct):
     buy: int = 0
     sell: int = 0
     feedback: int = 0
+    alerts: int = 0
+    alerts_delivered: int = 0
+    alert_deliveries_failed: int = 0
     warming: int = 0
     dead_letters: int = 0
     series: int = 0
@@ -94,6 +98,7 @@ class _State(msgspec.Struct, array_like=True):
     decision_names: list[str] = []
     decision: bytes = b""
     feedback_applied: list[str] = []
+    open_alerts: list[Alert] = []
 
 
 class InferenceWorker(SnapshotWorker):
@@ -126,6 +131,9 @@ class InferenceWorker(SnapshotWorker):
         self._watches: list[asyncio.Task] = []
         self._feedback_applied: set[str] = set()  # signal ids whose feedback moved the weights
         self._decision_cfg = (cfg.decision, cfg.risk)
+        self.alerter = Alerter(cfg.alerts)
+        self.deliverer = Deliverer(cfg.alerts, self._on_delivery)
+        self._letters: set[asyncio.Task] = set()  # dead letters of failed deliveries, in flight
         self.decisions: DecisionStage | None = None  # made for the layout of the first vector
 
     def __repr__(self) -> str:
@@ -136,6 +144,7 @@ class InferenceWorker(SnapshotWorker):
         self.series = {}
         self.decisions = None
         self._feedback_applied = set()
+        self.alerter.open_alerts = {}
 
     def state_bytes(self) -> bytes:
         keys = list(self.series)
@@ -145,7 +154,7 @@ class InferenceWorker(SnapshotWorker):
                                              [self.series[k].finite_run for k in keys],
                                              [self.series[k].warmed for k in keys],
                                              d.names if d else [], d.snapshot() if d else b"",
-                                             sorted(self._feedback_applied)))
+                                             sorted(self._feedback_applied), list(self.alerter.open_alerts.values())))
 
     def restore_state(self, data: bytes) -> None:
         st = msgspec.msgpack.decode(data, type=_State)
@@ -160,6 +169,7 @@ class InferenceWorker(SnapshotWorker):
             self.series[tuple(key)] = s
         self.decisions = None
         self._feedback_applied = set(st.feedback_applied)
+        self.alerter.open_alerts = {(a.venue, a.symbol, a.tf): a for a in st.open_alerts}
         if st.decision:
             self.decisions = DecisionStage(st.decision_names, *self._decision_cfg)
             self.decisions.restore(st.decision)
@@ -184,6 +194,12 @@ class InferenceWorker(SnapshotWorker):
     async def run(self, stop: asyncio.Event) -> None:
         try:
             await super().run(stop)
+            try:  # alerts already published still go out, within reason
+                await asyncio.wait_for(self.deliverer.drain(), 10.0)
+            except asyncio.TimeoutError:
+                log.warning("alert deliveries still pending at stop")
+            await asyncio.gather(*self._letters, return_exceptions=True)
+            await self._out.wait()
         finally:
             for task in self._watches:
                 task.cancel()
@@ -228,6 +244,19 @@ class InferenceWorker(SnapshotWorker):
             except Exception as exc:  # noqa: BLE001 - the watch is retried; inference goes on
                 log.warning("watch of %s failed (%s); retrying", pattern, exc)
                 await asyncio.sleep(1.0)
+
+    def _on_delivery(self, d: Delivery) -> None:
+        """Counts deliveries; one given up on (its last attempt failed) becomes a dead letter."""
+        if d.ok:
+            self.stats.alerts_delivered += 1
+        elif d.attempt >= self.deliverer.settings.retries:
+            self.stats.alert_deliveries_failed += 1
+            reason = f"alert delivery to {d.channel} failed after {d.attempt} attempts: {d.error}"
+            venue = d.alert_id.split(".")[1]  # alert.<venue>.<symbol>.<tf>.<start_ns>
+            task = asyncio.get_running_loop().create_task(
+                self.dead_letter(d.channel, reason, msgspec.json.encode(d), f"{d.alert_id}.{d.channel}", venue=venue))
+            self._letters.add(task)
+            task.add_done_callback(self._letters.discard)
 
     def _apply_route(self, entry) -> None:
         model = entry.key.split(".", 1)[1]
@@ -345,6 +374,13 @@ class InferenceWorker(SnapshotWorker):
                 self.stats.signals += 1
                 self.stats.buy += sig.action == "BUY"
                 self.stats.sell += sig.action == "SELL"
+                alert = self.alerter.on_signal(sig)
+                if alert is not None:
+                    await self._out.publish(subjects.alert(alert.priority, alert.venue, alert.symbol),
+                                            self._codec.encode(alert), {HDR_MSG_ID: alert.id, HDR_SCHEMA: _SCHEMA})
+                    self.stats.alerts += 1
+                    # Delivered beside the signal path: a slow or dead channel never holds signals.
+                    self.deliverer.submit(alert)
 
     async def _publish(self, vec: FeatureVector, model: str, res: Result) -> Prediction:
         outputs = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in res.outputs.items()}

@@ -42,6 +42,7 @@ __all__ = [
     "FeatureVector",
     "Prediction",
     "Signal",
+    "Alert",
     "DeadLetter",
     "Envelope",
     "Codec",
@@ -280,6 +281,26 @@ class Signal(msgspec.Struct, array_like=True, frozen=True, kw_only=True, tag="si
     calibrated: bool = False
 
 
+class Alert(msgspec.Struct, array_like=True, frozen=True, kw_only=True, tag="alert"):
+    """An alert on ``alert.<priority>.<venue>.<symbol>``: the first signal of its window
+    (`core.alerts.Alerter`) with the context a person needs to act (price, stops, indicators,
+    a link to the chart)."""
+
+    id: str
+    priority: str
+    venue: str
+    symbol: str
+    tf: str
+    start_ns: int
+    action: str
+    title: str
+    body: str
+    context: dict[str, Union[float, str]]
+    link: str
+    count: int = 1
+    signal_ids: list[str] = []
+
+
 class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     """An input that a stage could not use, kept with the reason so nothing is silently dropped."""
 
@@ -292,7 +313,7 @@ class DeadLetter(msgspec.Struct, array_like=True, frozen=True, tag="dlq"):
     detail: str = ""
 
 
-Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, Prediction, Signal, DeadLetter]
+Envelope = Union[TradeBatch, QuoteBatch, Bar, FeatureVector, Prediction, Signal, Alert, DeadLetter]
 
 
 class Codec:

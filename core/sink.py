@@ -1,14 +1,14 @@
-"""The sink: JetStream market data, bars, feature vectors, predictions, signals and dead letters into
-ClickHouse.
+"""The sink: JetStream market data, bars, feature vectors, predictions, signals, alerts and dead
+letters into ClickHouse.
 
-Six durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_PRED`, `SINK_SIG`,
-`SINK_DLQ`) are drained concurrently. Each fetch of up to ``batch`` messages is decoded, grouped by
-type and written with one columnar insert per table through the Store's worker thread; messages are
-acked only after their insert succeeded. A failed insert leaves its messages unacked (negative ack with a delay) so
-JetStream redelivers them; the tables are ReplacingMergeTree, so a redelivered batch is stored
-once. A message the sink cannot use (undecodable, wrong type for its stream, malformed columns)
-becomes a row in ``dead_letters`` with stage ``sink`` and is acked: never dropped silently,
-never a crash of the loop.
+Seven durable pull consumers (`core.streams.SINK_MD`, `SINK_BARS`, `SINK_FEAT`, `SINK_PRED`,
+`SINK_SIG`, `SINK_ALERT`, `SINK_DLQ`) are drained concurrently. Each fetch of up to ``batch``
+messages is decoded, grouped by type and written with one columnar insert per table through the
+Store's worker thread; messages are acked only after their insert succeeded. A failed insert
+leaves its messages unacked (negative ack with a delay) so JetStream redelivers them; the tables
+are ReplacingMergeTree, so a redelivered batch is stored once. A message the sink cannot use
+(undecodable, wrong type for its stream, malformed columns) becomes a row in ``dead_letters`` with
+stage ``sink`` and is acked: never dropped silently, never a crash of the loop.
 
 Counters are kept in a `SinkStats` struct and published as JSON every second on core NATS
 subject ``tickmesh.metrics.sink``.
@@ -33,7 +33,7 @@ from nats.js.errors import NotFoundError
 from core import streams
 from core.config import Config
 from core.errors import SchemaError, SubjectError, TickmeshError
-from core.schema import Bar, Codec, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
+from core.schema import Alert, Bar, Codec, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
 from core.store import Store
 from core.subjects import parse as parse_subject
 
@@ -59,6 +59,7 @@ class SinkStats(msgspec.Struct, kw_only=True):
     features: int = 0  # feature-vector rows inserted
     predictions: int = 0  # prediction rows inserted
     signals: int = 0  # signal rows inserted
+    alerts: int = 0  # alert rows inserted
     dead_letters: int = 0  # dead-letter rows inserted (from the DLQ stream and the sink's own)
     insert_errors: int = 0  # failed inserts (their messages were left for redelivery)
     fetch_errors: int = 0  # failed fetches other than an idle timeout
@@ -79,6 +80,7 @@ _SOURCES = (
     _Source(streams.SINK_FEAT, streams.FEAT_STREAM, (FeatureVector,)),
     _Source(streams.SINK_PRED, streams.PRED_STREAM, (Prediction,)),
     _Source(streams.SINK_SIG, streams.SIG_STREAM, (Signal,)),
+    _Source(streams.SINK_ALERT, streams.ALERT_STREAM, (Alert,)),
     _Source(streams.SINK_DLQ, streams.DLQ_STREAM, (DeadLetter,)),
 )
 
@@ -104,6 +106,9 @@ def _check(item: Any) -> None:
     elif isinstance(item, Signal):
         if not _fits_int64(item.start_ns) or any(not 0 <= v < 2**32 for v in item.model_versions.values()):
             raise SchemaError("Signal: start_ns or a model version out of range")
+    elif isinstance(item, Alert):
+        if not _fits_int64(item.start_ns) or not 0 <= item.count < 2**32:
+            raise SchemaError("Alert: start_ns or count out of range")
     elif isinstance(item, DeadLetter):
         if not _fits_int64(item.recv_ns):
             raise SchemaError("DeadLetter: recv_ns outside int64")
@@ -297,6 +302,8 @@ class Sink:
                 add("predictions", msg, item)
             elif isinstance(item, Signal):
                 add("signals", msg, item)
+            elif isinstance(item, Alert):
+                add("alerts", msg, item)
             else:
                 add("dead_letters", msg, (item, seq))
 
@@ -307,6 +314,7 @@ class Sink:
             "features": self._store.insert_features,
             "predictions": self._store.insert_predictions,
             "signals": self._store.insert_signals,
+            "alerts": self._store.insert_alerts,
             "dead_letters": functools.partial(self._store.insert_dead_letters, stream=src.stream),
         }
         stored: list[Msg] = []

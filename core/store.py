@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from core.errors import StoreError
-from core.schema import TIMEFRAME_NS, Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
+from core.schema import TIMEFRAME_NS, Alert, Bar, DeadLetter, FeatureVector, Prediction, QuoteBatch, Signal, TradeBatch
 
 __all__ = ["TABLES", "DDL", "Store"]
 
@@ -79,6 +79,11 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("model_versions", "Map(LowCardinality(String), UInt32)"), ("degraded", "Bool"), ("veto", _LC),
         ("calibrated", "Bool"),
     ),
+    "alerts": (
+        ("id", "String"), ("priority", _LC), ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("start_ns", "Int64"),
+        ("action", _LC), ("title", "String"), ("body", "String"), ("context", "String"), ("link", "String"),
+        ("count", "UInt32"), ("signal_ids", "Array(String)"),
+    ),
     # The audit trail of what users said about signals.
     "feedback": (
         ("id", "String"), ("venue", _LC), ("symbol", _LC), ("tf", _LC), ("action", _LC), ("kind", _LC),
@@ -99,6 +104,7 @@ _ORDER_BY = {
     "predictions": "(model, venue, symbol, tf, start_ns)",
     "signals": "(venue, symbol, tf, start_ns)",
     "feedback": "(id, received_ns)",
+    "alerts": "(venue, symbol, tf, start_ns)",
     # The stream is part of the key: sequences of different streams overlap, and the sink
     # dead-letters messages from several streams under one stage.
     "dead_letters": "(stage, venue, stream, stream_seq)",
@@ -474,6 +480,29 @@ class Store:
             "ON b.start_ns = s.start_ns + {ahead_ns:Int64} ORDER BY abs(s.score - {score:Float64}), s.start_ns DESC",
             params)
         return this, rows
+
+    def insert_alerts(self, alerts: Sequence[Alert]) -> int:
+        """Inserts alerts, one row each; ``context`` as a JSON object text."""
+        rows = [msgspec.structs.replace(a, context=msgspec.json.encode(a.context).decode()) for a in alerts]
+        return self._insert_structs("alerts", rows)
+
+    def alerts(self, symbol: str | None = None, venue: str | None = None, priority: str | None = None,
+               limit: int = 100) -> list[dict]:
+        """The newest ``limit`` alerts, newest first; ``context`` decoded."""
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        params: dict[str, Any] = {"limit": int(limit)}
+        where = ["1"]
+        for col, value in (("symbol", symbol), ("venue", venue), ("priority", priority)):
+            if value:
+                params[col] = value
+                where.append(f"{col} = {{{col}:String}}")
+        cols = ", ".join(name for name, _ in TABLES["alerts"])
+        rows = self._rows("alerts", f"SELECT {cols} FROM {{db}}.alerts FINAL WHERE {' AND '.join(where)} "
+                          "ORDER BY start_ns DESC LIMIT {limit:UInt64}", params)
+        for r in rows:
+            r["context"] = msgspec.json.decode(r["context"])
+        return rows
 
     def insert_feedback(self, items: Sequence[Any]) -> int:
         """Inserts `core.signals.Feedback` records (the audit trail)."""

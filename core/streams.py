@@ -22,6 +22,8 @@ __all__ = [
     "SINK_PRED",
     "SIG_STREAM",
     "SINK_SIG",
+    "ALERT_STREAM",
+    "SINK_ALERT",
     "STATE_BUCKET",
     "PORTFOLIO_KEY",
     "BARS_WORKER",
@@ -39,6 +41,7 @@ DLQ_STREAM = "DLQ"
 FEAT_STREAM = "FEAT"
 PRED_STREAM = "PRED"
 SIG_STREAM = "SIG"
+ALERT_STREAM = "ALERT"
 STATE_BUCKET = "tickmesh_state"
 # Key in the state bucket: the paper portfolio as JSON, put by the inference worker, read by the API.
 PORTFOLIO_KEY = "portfolio"
@@ -54,6 +57,7 @@ SINK_FEAT = "sink-feat"
 INFERENCE_WORKER = "inference-worker"
 SINK_PRED = "sink-pred"
 SINK_SIG = "sink-sig"
+SINK_ALERT = "sink-alert"
 
 
 def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
@@ -72,6 +76,7 @@ def stream_configs(cfg: StreamsConfig) -> list[StreamConfig]:
         stream(FEAT_STREAM, ["feat.>"], cfg.feat_max_age_s, cfg.feat_max_bytes),
         stream(PRED_STREAM, ["pred.>"], cfg.pred_max_age_s, cfg.pred_max_bytes),
         stream(SIG_STREAM, ["sig.>"], cfg.sig_max_age_s, cfg.sig_max_bytes),
+        stream(ALERT_STREAM, ["alert.>"], cfg.alert_max_age_s, cfg.alert_max_bytes),
     ]
 
 
@@ -94,6 +99,7 @@ def consumer_configs() -> dict[str, tuple[str, ConsumerConfig]]:
         INFERENCE_WORKER: (FEAT_STREAM, durable(INFERENCE_WORKER, "feat.>", AckPolicy.ALL)),
         SINK_PRED: (PRED_STREAM, durable(SINK_PRED, "pred.>")),
         SINK_SIG: (SIG_STREAM, durable(SINK_SIG, "sig.>")),
+        SINK_ALERT: (ALERT_STREAM, durable(SINK_ALERT, "alert.>")),
     }
 
 

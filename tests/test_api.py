@@ -38,6 +38,7 @@ from core.config import Config, NatsConfig
 from core.natsserver import free_port
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
+from core.alerts import AlertSettings, Alerter
 from core.portfolio import Portfolio
 from core.signals import Feedback, feedback_key
 from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, Signal, TradeBatch, bar_msg_id,
@@ -392,6 +393,27 @@ async def test_similar_signals_and_how_they_did(api: ApiStack):
     assert scores == sorted(scores)  # nearest in score first
     assert got["hit_rate"] == pytest.approx(sum(o > 0 for o in outcomes) / len(outcomes))
     assert (await api.http.get("/api/signals/nosuch/similar")).status_code == 404
+
+
+async def test_alerts_reach_api_through_sink(api: ApiStack):
+    alerter = Alerter(AlertSettings(min_priority="low", window_s=120))
+    sigs = [_signal(b, i) for i, b in enumerate(binance_klines_bars())]
+    alerts = [a for a in map(alerter.on_signal, sigs) if a is not None]
+    assert len(alerts) >= 3  # one per 2-minute window of 1m signals that trade
+    for a in alerts:
+        await api.js.publish(subjects.alert(a.priority, a.venue, a.symbol), CODEC.encode(a),
+                             headers={HDR_MSG_ID: a.id})
+
+    async def stored():
+        got = (await api.http.get("/api/alerts", params={"symbol": "ADA-BTC"})).json()
+        return got if len(got) >= len(alerts) else None
+
+    got = await eventually(stored, f"{len(alerts)} alerts in /api/alerts")
+    assert [g["id"] for g in got] == [a.id for a in reversed(alerts)]  # newest first
+    assert got[-1]["context"] == {k: (None if v != v else v) for k, v in alerts[0].context.items()}
+    only = (await api.http.get("/api/alerts", params={"priority": alerts[0].priority})).json()
+    assert {g["priority"] for g in only} == {alerts[0].priority}
+    assert (await api.http.get("/api/alerts", params={"priority": "urgent"})).status_code == 400
 
 
 async def _bars_stored(api: ApiStack, n: int):

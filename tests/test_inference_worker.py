@@ -11,6 +11,7 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 
 from core import streams, subjects
+from core.alerts import AlertSettings
 from core.config import Config, InferenceConfig, StreamsConfig
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
@@ -24,6 +25,7 @@ from core.decision import SOURCES
 from core.signals import DecisionStage, Feedback, feedback_key
 from core.triton import PROJECT_ROOT
 from tests.conftest import shared_file
+from tests.test_alerts import Receiver
 from tests.test_worker import stream_messages, wait_until
 
 CODEC = Codec()
@@ -301,3 +303,32 @@ async def test_feedback_moves_the_voters_once(nc, vectors):
 
 async def _feedback_seen(worker) -> bool:
     return worker.stats.feedback >= 1
+
+
+async def test_signals_raise_alerts_delivered_to_a_webhook(nc, vectors):
+    receiver = Receiver()
+    dead = f"json://127.0.0.1:{free_port()}/nobody"
+    try:
+        js = nc.jetstream()
+        await streams.ensure(js, StreamsConfig())
+        one = [v for v in vectors if v.venue == "fx"]
+        await publish(js, one)
+        cfg = Config(inference=InferenceConfig(fetch_batch=50, deadline_ms=200, breaker_failures=1,
+                                               breaker_open_s=600),
+                     alerts=AlertSettings(min_priority="low", window_s=6 * 3600, retries=2, backoff_s=0.01,
+                                          routes={p: [receiver.url, dead] for p in ("low", "medium", "high")}))
+        worker = InferenceWorker(js, cfg, f"127.0.0.1:{free_port()}")
+        await run_until(worker, len(one))
+    finally:
+        receiver.close()
+    alerts = [CODEC.decode(m.data) for m in await stream_messages(js, streams.ALERT_STREAM)]
+    sigs = signals(await stream_messages(js, streams.SIG_STREAM))
+    sized = [s for s in sigs.values() if s.qty]
+    assert sized and 0 < len(alerts) <= len(sized)  # at most one per 6-hour window of 1h bars
+    starts = sorted(a.start_ns for a in alerts)
+    assert all(b - a >= 6 * 3600 * 10**9 for a, b in zip(starts, starts[1:]))
+    assert sorted(b["title"] for b in receiver.bodies) == sorted(a.title for a in alerts)  # each delivered once
+    letters = [CODEC.decode(m.data) for m in await stream_messages(js, streams.DLQ_STREAM)]
+    failed = [x for x in letters if "alert delivery" in x.reason]
+    assert len(failed) == len(alerts) and all("after 2 attempts" in x.reason and x.venue == "fx" for x in failed)
+    assert worker.stats.alerts == len(alerts) == worker.stats.alerts_delivered

@@ -146,7 +146,7 @@ def test_same_batch_twice_counts_once(store):
         store.insert_predictions(preds)
         store.insert_dead_letters([(dl, 7)])
     assert store.counts() == {"trades": 50, "quotes": 10, "bars": 21, "features": 0, "predictions": 21, "signals": 0,
-                              "feedback": 0, "dead_letters": 1}
+                              "feedback": 0, "alerts": 0, "dead_letters": 1}
     assert len(store.trades("kraken", "BTC-USDT")) == 50
     got = store.predictions("binance", "ADA-BTC", tf="1m", model="forecast")
     assert [msgspec.structs.asdict(p) for p in preds] == [{**r, "degraded": bool(r["degraded"])} for r in got]
@@ -191,7 +191,7 @@ def test_symbols_and_counts(store):
         {"venue": "sim", "symbol": "ETH-USD", "trades": 2, "first_ns": 5, "last_ns": 9},
     ]
     assert store.counts() == {"trades": 32, "quotes": 0, "bars": 0, "features": 0, "predictions": 0, "signals": 0,
-                              "feedback": 0, "dead_letters": 0}
+                              "feedback": 0, "alerts": 0, "dead_letters": 0}
     assert store.ping()
 
 
@@ -210,7 +210,7 @@ def test_malformed_values_give_store_error(store):
     with pytest.raises(StoreError, match="bars"):
         store.insert_bars([huge])
     assert store.counts() == {"trades": 0, "quotes": 0, "bars": 0, "features": 0, "predictions": 0, "signals": 0,
-                              "feedback": 0, "dead_letters": 0}
+                              "feedback": 0, "alerts": 0, "dead_letters": 0}
 
 
 @pytest.mark.parametrize("dsn, database, match", [

@@ -1,5 +1,6 @@
 """One Litestar Controller per resource."""
 
+from api.controllers.alerts import AlertsController
 from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
@@ -13,6 +14,7 @@ from api.controllers.symbols import SymbolsController
 from api.controllers.trades import TradesController
 
 __all__ = [
+    "AlertsController",
     "BarsController",
     "DashboardController",
     "FeaturesController",
@@ -31,5 +33,5 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, FeedbackController, SimilarController, PortfolioController, TradesController,
-               LiveBarsController, LiveSignalsController, MetricsController, DashboardController)
+               SignalsController, FeedbackController, SimilarController, PortfolioController, AlertsController,
+               TradesController, LiveBarsController, LiveSignalsController, MetricsController, DashboardController)
