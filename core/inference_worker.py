@@ -45,7 +45,7 @@ from core.models.serving import FALLBACKS, summarize
 from core.routing import config_route, decode_route
 from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, Alert, FeatureVector, Prediction, pred_msg_id
 from core.alerts import Alerter, Deliverer, Delivery
-from core.signals import DecisionStage, Feedback
+from core.signals import DecisionStage, Execution, Feedback
 
 __all__ = ["InferenceWorker", "InferenceStats", "register"]
 
@@ -67,6 +67,7 @@ class InferenceStats(msgspec.Struct):
     buy: int = 0
     sell: int = 0
     feedback: int = 0
+    executions: int = 0
     alerts: int = 0
     alerts_delivered: int = 0
     alert_deliveries_failed: int = 0
@@ -189,7 +190,8 @@ class InferenceWorker(SnapshotWorker):
             task.cancel()
         await asyncio.gather(*self._watches, return_exceptions=True)
         self._watches = [asyncio.create_task(self._watch("route.*", self._apply_route)),
-                         asyncio.create_task(self._watch("feedback.*", self._apply_feedback))]
+                         asyncio.create_task(self._watch("feedback.*", self._apply_feedback)),
+                         asyncio.create_task(self._watch("execution.*", self._apply_execution))]
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -237,13 +239,20 @@ class InferenceWorker(SnapshotWorker):
                         continue
                     try:
                         apply(entry)
-                    except (TickmeshError, msgspec.DecodeError) as exc:
+                    except (TickmeshError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                         log.warning("ignoring %s: %s", entry.key, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the watch is retried; inference goes on
                 log.warning("watch of %s failed (%s); retrying", pattern, exc)
                 await asyncio.sleep(1.0)
+
+    def _apply_execution(self, entry) -> None:
+        """A user's fill into the paper book (once per id: the book remembers the ids it applied).
+        Before the first feature vector there is no book yet: the fill waits for the next start."""
+        ex = msgspec.json.decode(entry.value, type=Execution)
+        if self.decisions is not None and self.decisions.execute(ex):
+            self.stats.executions += 1
 
     def _on_delivery(self, d: Delivery) -> None:
         """Counts deliveries; one given up on (its last attempt failed) becomes a dead letter."""

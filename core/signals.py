@@ -26,7 +26,7 @@ from core.portfolio import Portfolio
 from core.risk import VETO_NAMES, RiskSettings, size, stops
 from core.schema import FeatureVector, Prediction, Signal, sig_id
 
-__all__ = ["DecisionStage", "Feedback", "feedback_key"]
+__all__ = ["DecisionStage", "Feedback", "feedback_key", "Execution", "execution_key"]
 
 _ACTIONS = {1: "BUY", -1: "SELL", 0: "HOLD"}
 _RULES = [s for s in SOURCES if s in RULE_FEATURES]
@@ -60,6 +60,26 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True):
 def feedback_key(signal_id: str) -> str:
     """State-bucket key of a signal's latest feedback (ids hold characters keys may not)."""
     return "feedback." + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
+
+
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
+    """A fill the user executed, recorded into the paper book of one series (``qty`` signed:
+    + bought, - sold; ``px`` in the quote currency). ``id`` makes it count once."""
+
+    id: str
+    venue: str
+    symbol: str
+    tf: str
+    qty: float
+    px: float
+    ts_ns: int
+    fee: float = 0.0
+    note: str = ""
+
+
+def execution_key(execution_id: str) -> str:
+    """State-bucket key of an execution (the API puts it, inference workers apply it)."""
+    return "execution." + hashlib.blake2b(execution_id.encode(), digest_size=12).hexdigest()
 
 
 class DecisionStage:
@@ -178,6 +198,15 @@ class DecisionStage:
         votes = np.array([fb.contributions.get(s, np.nan) for s in SOURCES])  # same signs as the votes
         self.engine.feedback(row, votes, action, agreed=fb.kind == "executed")
         return True
+
+    def execute(self, ex: Execution) -> bool:
+        """Records a user's fill in its series' paper book; False when that id was applied before.
+
+        Raises:
+            core.errors.ValidationError: a zero or non-finite quantity, or a price that is not > 0.
+        """
+        return self.portfolio.apply_fills([(ex.venue, f"{ex.symbol}/{ex.tf}")], [ex.qty], [ex.px], [ex.ts_ns],
+                                          "execution", fee=ex.fee, ids=[ex.id]) == 1
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode([self.engine.snapshot(), self.portfolio.to_bytes(),

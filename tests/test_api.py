@@ -40,7 +40,7 @@ from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
 from core.alerts import AlertSettings, Alerter
 from core.portfolio import Portfolio
-from core.signals import Feedback, feedback_key
+from core.signals import Execution, Feedback, execution_key, feedback_key
 from core.schema import (Codec, HDR_MSG_ID, Bar, FeatureVector, Prediction, Signal, TradeBatch, bar_msg_id,
                          batch_msg_id, feat_msg_id, pred_msg_id, sig_id)
 from tests.conftest import shared_file
@@ -503,6 +503,23 @@ async def test_portfolio_is_the_paper_book_the_worker_published(api: ApiStack):
     assert got["positions"] == [{"venue": "binance", "symbol": "ADA-BTC", "timeframe": "1m", "qty": 1000.0,
                                  "avg_px": 2.5e-5, "last_px": 2.6e-5, "unrealized": pytest.approx(1000 * 1e-6),
                                  "realized": 0.0, "exposure": pytest.approx(0.026)}]
+
+
+async def test_executions_are_handed_to_the_workers(api: ApiStack):
+    body = {"venue": "kraken", "symbol": "BTC-USD", "timeframe": "1m", "qty": -0.5, "price": 30_000.0,
+            "time": "2024-01-02T03:04:05Z", "note": "sold by hand"}
+    resp = await api.http.post("/api/executions", json=body)
+    assert resp.status_code == 202, resp.text
+    ex = resp.json()
+    assert (ex["qty"], ex["px"], ex["ts_ns"]) == (-0.5, 30_000.0, 1_704_164_645_000_000_000)
+    again = (await api.http.post("/api/executions", json=body)).json()
+    assert again["id"] == ex["id"]  # the same fill keeps its id: booked once
+    kv = await api.js.key_value(streams.STATE_BUCKET)
+    stored = msgspec.json.decode((await kv.get(execution_key(ex["id"]))).value, type=Execution)
+    assert (stored.venue, stored.symbol, stored.tf, stored.note) == ("kraken", "BTC-USD", "1m", "sold by hand")
+    for bad, param in (({"qty": 0}, "qty"), ({"price": -1}, "price"), ({"timeframe": "2m"}, "timeframe")):
+        r = await api.http.post("/api/executions", json={**body, **bad})
+        assert r.status_code == 400 and r.json()["param"] == param
 
 
 async def test_ws_signals_bad_parameter_closes_naming_it(api: ApiStack):

@@ -22,7 +22,7 @@ from core.models.serving import FALLBACKS
 from core.natsserver import free_port
 from core.schema import HDR_MSG_ID, Codec, FeatureVector, Prediction, Signal, feat_msg_id
 from core.decision import SOURCES
-from core.signals import DecisionStage, Feedback, feedback_key
+from core.signals import DecisionStage, Execution, Feedback, execution_key, feedback_key
 from core.triton import PROJECT_ROOT
 from tests.conftest import shared_file
 from tests.test_alerts import Receiver
@@ -332,3 +332,35 @@ async def test_signals_raise_alerts_delivered_to_a_webhook(nc, vectors):
     failed = [x for x in letters if "alert delivery" in x.reason]
     assert len(failed) == len(alerts) and all("after 2 attempts" in x.reason and x.venue == "fx" for x in failed)
     assert worker.stats.alerts == len(alerts) == worker.stats.alerts_delivered
+
+
+async def test_user_executions_are_booked_once(nc, vectors):
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    await publish(js, vectors[:60])
+    cfg, url = unreachable_triton_config()
+    worker = InferenceWorker(js, cfg, url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: _seen(worker, 60), timeout_s=60)
+        ex = Execution(id="my-fill-1", venue="fx", symbol="EUR-USD", tf="1h", qty=1000.0, px=1.07,
+                       ts_ns=vectors[0].start_ns)
+        kv = await js.key_value(streams.STATE_BUCKET)
+        for _ in range(2):  # sent twice: booked once
+            await kv.put(execution_key(ex.id), msgspec.json.encode(ex))
+        await kv.put(execution_key("bad"), msgspec.json.encode(msgspec.structs.replace(ex, id="bad", qty=0.0)))
+        await wait_until(lambda: _executions_seen(worker), timeout_s=20)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await task
+    fills = [f for f in worker.decisions.portfolio.fills if f.source == "execution"]
+    assert [(f.venue, f.symbol, f.qty, f.px, f.id) for f in fills] == [("fx", "EUR-USD/1h", 1000.0, 1.07, "my-fill-1")]
+    assert worker.stats.executions == 1  # the zero-quantity one was refused, the worker went on
+    book = msgspec.json.decode((await (await js.key_value(streams.STATE_BUCKET)).get(streams.PORTFOLIO_KEY)).value)
+    assert any(p["symbol"] == "EUR-USD" and p["timeframe"] == "1h" for p in book["positions"])
+
+
+async def _executions_seen(worker) -> bool:
+    return worker.stats.executions >= 1

@@ -4,7 +4,7 @@ from api.controllers.alerts import AlertsController
 from api.controllers.bars import BarsController
 from api.controllers.dashboard import DashboardController
 from api.controllers.features import FeaturesController
-from api.controllers.portfolio import PortfolioController
+from api.controllers.portfolio import ExecutionsController, PortfolioController
 from api.controllers.predictions import PredictionsController
 from api.controllers.signals import FeedbackController, SignalsController, SimilarController
 from api.controllers.health import HealthController
@@ -19,6 +19,7 @@ __all__ = [
     "DashboardController",
     "FeaturesController",
     "PortfolioController",
+    "ExecutionsController",
     "PredictionsController",
     "SignalsController",
     "FeedbackController",
@@ -33,5 +34,6 @@ __all__ = [
 ]
 
 CONTROLLERS = (HealthController, SymbolsController, BarsController, FeaturesController, PredictionsController,
-               SignalsController, FeedbackController, SimilarController, PortfolioController, AlertsController,
-               TradesController, LiveBarsController, LiveSignalsController, MetricsController, DashboardController)
+               SignalsController, FeedbackController, SimilarController, PortfolioController, ExecutionsController,
+               AlertsController, TradesController, LiveBarsController, LiveSignalsController, MetricsController,
+               DashboardController)
