@@ -19,8 +19,9 @@ import nats
 
 from core import streams
 from core.config import Config
+from core.errors import TickmeshError
 
-__all__ = ["serve", "nats_url"]
+__all__ = ["serve", "nats_url", "run_command"]
 
 log = logging.getLogger("tickmesh.service")
 
@@ -62,3 +63,18 @@ async def serve(cfg: Config, url: str, client_name: str, make: Callable[[Any], A
         stop.set()
         await reporter
         await nc.close()
+
+
+def run_command(command: str, cfg: Config, url: str | None, make: Callable[[Any], Any], metrics_subject: str) -> int:
+    """A worker's CLI entry: logging, `serve` until a signal, a clear message on a tickmesh error.
+
+    Returns:
+        The exit status: 0, or 2 after a `TickmeshError` (printed as ``tickmesh <command>: ...``).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve(cfg, nats_url(url, cfg), f"tickmesh-{command}", make, metrics_subject))
+    except TickmeshError as exc:
+        print(f"tickmesh {command}: {exc}")
+        return 2
+    return 0

@@ -31,7 +31,7 @@ from nats.js.errors import KeyNotFoundError
 from core import streams, subjects
 from core._consumer import WorkerGapError, next_delivery, rebind
 from core._jspublish import AckedPublisher
-from core._service import nats_url, serve
+from core._service import run_command
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
 from core.errors import SchemaError, TickmeshError, ValidationError
@@ -207,10 +207,7 @@ class BarWorker:
 
 
 def _cmd_worker(args: argparse.Namespace, cfg: Config) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-worker", lambda js: BarWorker(js, cfg.worker),
-                      METRICS_SUBJECT))
-    return 0
+    return run_command("worker", cfg, args.url, lambda js: BarWorker(js, cfg.worker), METRICS_SUBJECT)
 
 
 def register(sub) -> None:

@@ -21,7 +21,6 @@ refuses (non-finite prices), whose vector is still published, all NaN, so every 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 
@@ -29,10 +28,10 @@ import msgspec
 from nats.js import JetStreamContext
 
 from core import streams, subjects
-from core._service import nats_url, serve
+from core._service import run_command
 from core._snapshot_worker import SnapshotWorker
 from core.config import Config, FeaturesConfig
-from core.errors import SchemaError, TickmeshError
+from core.errors import SchemaError
 from core.features._xp import array_module
 from core.features.book import FeatureBook
 from core.features.featureset import FeatureSet
@@ -148,14 +147,7 @@ class FeatureWorker(SnapshotWorker):
 
 
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-features",
-                          lambda js: FeatureWorker(js, cfg.features), METRICS_SUBJECT))
-    except TickmeshError as exc:
-        print(f"tickmesh feature-worker: {exc}")
-        return 2
-    return 0
+    return run_command("feature-worker", cfg, args.url, lambda js: FeatureWorker(js, cfg.features), METRICS_SUBJECT)
 
 
 def register(sub) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from nats.js import JetStreamContext
 
 from core import streams, subjects
-from core._service import nats_url, serve
+from core._service import run_command
 from core._snapshot_worker import SnapshotWorker
 from core.config import Config
 from core.errors import InferenceError, SchemaError, TickmeshError
@@ -410,14 +410,8 @@ def triton_url(cfg: Config) -> str:
 
 
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        asyncio.run(serve(cfg, nats_url(args.url, cfg), "tickmesh-inference",
-                          lambda js: InferenceWorker(js, cfg, args.triton or triton_url(cfg)), METRICS_SUBJECT))
-    except TickmeshError as exc:
-        print(f"tickmesh inference-worker: {exc}")
-        return 2
-    return 0
+    return run_command("inference-worker", cfg, args.url,
+                       lambda js: InferenceWorker(js, cfg, args.triton or triton_url(cfg)), METRICS_SUBJECT)
 
 
 def register(sub) -> None:
