@@ -216,7 +216,8 @@ class AlertOut(msgspec.Struct, frozen=True):
 
 
 class PositionOut(msgspec.Struct, frozen=True):
-    """One paper position: signed ``qty``, average and last price, P&L and signed exposure."""
+    """One paper position: signed ``qty``, average and last price, P&L, signed exposure and the
+    stop-loss / take-profit that close it at a bar close crossing them (null: none)."""
 
     venue: str
     symbol: str
@@ -227,6 +228,8 @@ class PositionOut(msgspec.Struct, frozen=True):
     unrealized: float | None
     realized: float
     exposure: float | None
+    stop_px: float | None = None
+    take_px: float | None = None
 
 
 class PortfolioOut(msgspec.Struct, frozen=True):

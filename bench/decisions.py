@@ -5,12 +5,16 @@ the full feature set computed once) from its own random starting bar, with a for
 per vector (P_UP from the recent return). The stage first steps every symbol through a warm-up of
 bars, then one bar close is timed repeatedly:
 
-- batch: ``stage.decide(vectors, predictions)`` with all N vectors in one call (the vectorized
-  path: engine votes, risk sizing, paper fills for every symbol at once);
-- per vector: one ``decide`` call per vector, as the live inference worker calls it today (in
-  stream order, so that the paper book does not depend on how the stream was chunked).
+- published: what the live inference worker does once a bar close is complete
+  (`core.closes.BarCloses`): ``stage.decide`` with all N vectors in one call, every signal
+  encoded and published on ``sig.<venue>.<symbol>`` into the SIG stream of a real nats-server
+  started here, and every JetStream ack received. The time from the close being handed to the
+  stage to the last ack bounds the latency of every vector of the close (p99 over closes);
+- batch: the same ``decide`` call alone, nothing published;
+- per vector (baseline): one ``decide`` call per vector, as the worker decided before bar closes
+  were grouped.
 
-Prints ms per close (median, p99), signals/s and the batch/per-vector ratio.
+Prints ms per close (median, p99), signals/s and the ratios.
 
 Usage:
     .venv/bin/python bench/decisions.py [--sizes 1000,10000] [--reps 20] [--warmup 40]
@@ -24,21 +28,28 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import asyncio  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import nats  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core import streams, subjects  # noqa: E402
+from core._jspublish import AckedPublisher  # noqa: E402
+from core.config import StreamsConfig  # noqa: E402
 from core.features.barfile import load_bars  # noqa: E402
 from core.features.featureset import FeatureSet  # noqa: E402
 from core.features.offline import compute  # noqa: E402
-from core.schema import FeatureVector, Prediction  # noqa: E402
+from core.natsserver import NatsServer  # noqa: E402
+from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, Codec, FeatureVector, Prediction  # noqa: E402
 from core.signals import DecisionStage  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "bars" / "eurusd_1h_2017-2018.csv"
@@ -68,40 +79,64 @@ def bar_close(names, values, close, ts, starts: np.ndarray, t: int) -> tuple[lis
     return vecs, preds
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=40, help="bar closes before timing")
-    args = ap.parse_args()
+async def publish_signals(out: AckedPublisher, codec: Codec, signals) -> None:
+    """As the inference worker publishes a close's signals: encoded one by one, acks awaited in bulk."""
+    schema = str(SCHEMA_VERSION)
+    for sig in signals:
+        await out.publish(subjects.sig(sig.venue, sig.symbol), codec.encode(sig), {HDR_MSG_ID: sig.id, HDR_SCHEMA: schema})
+    await out.wait()
+
+
+async def run(args) -> int:
     names, values, close, ts = series()
     first = 150  # past every feature's warm-up
     print(f"machine: {platform.machine()}, Python {platform.python_version()}, NumPy {np.__version__}; "
           f"one thread; {len(names)} features per vector")
     print(f"{'symbols':>8} {'path':<11} {'median ms':>10} {'p99 ms':>9} {'signals/s':>12}")
-    for n in (int(x) for x in args.sizes.split(",")):
-        rng = np.random.default_rng(n)
-        starts = rng.integers(first, len(close) - args.warmup - args.reps - 2, n)
-        out = {}
-        for path in ("batch", "per vector"):
-            stage = DecisionStage(names)
-            times = []
-            for t in range(args.warmup + args.reps):
-                vecs, preds = bar_close(names, values, close, ts, starts, t)
-                t0 = time.perf_counter()
-                if path == "batch":
-                    stage.decide(vecs, preds)
-                else:
-                    for v, p in zip(vecs, preds):
-                        stage.decide([v], [p])
-                if t >= args.warmup:
-                    times.append(time.perf_counter() - t0)
-            ms = np.array(times) * 1e3
-            med, p99 = float(np.median(ms)), float(np.percentile(ms, 99))
-            out[path] = med
-            print(f"{n:>8,} {path:<11} {med:>10.2f} {p99:>9.2f} {n / (med / 1e3):>12,.0f}", flush=True)
-        print(f"{'':>8} batch is {out['per vector'] / out['batch']:.1f}x faster than per vector")
+    codec = Codec()
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
+        nc = await nats.connect(server.url)
+        await streams.ensure(nc.jetstream(), StreamsConfig())
+        out = await AckedPublisher(nc).start()
+        for n in (int(x) for x in args.sizes.split(",")):
+            rng = np.random.default_rng(n)
+            starts = rng.integers(first, len(close) - args.warmup - args.reps - 2, n)
+            med = {}
+            paths = ("published", "batch") + (("per vector",) if n <= args.per_vector_max else ())
+            for path in paths:
+                stage = DecisionStage(names)
+                times = []
+                for t in range(args.warmup + args.reps):
+                    vecs, preds = bar_close(names, values, close, ts, starts, t)
+                    t0 = time.perf_counter()
+                    if path == "published":
+                        await publish_signals(out, codec, stage.decide(vecs, preds))
+                    elif path == "batch":
+                        stage.decide(vecs, preds)
+                    else:
+                        for v, p in zip(vecs, preds):
+                            stage.decide([v], [p])
+                    if t >= args.warmup:
+                        times.append(time.perf_counter() - t0)
+                ms = np.array(times) * 1e3
+                med[path], p99 = float(np.median(ms)), float(np.percentile(ms, 99))
+                print(f"{n:>8,} {path:<11} {med[path]:>10.2f} {p99:>9.2f} {n / (med[path] / 1e3):>12,.0f}", flush=True)
+            if "per vector" in med:
+                print(f"{'':>8} one decide per close is {med['per vector'] / med['batch']:.1f}x faster than "
+                      f"one per vector; publishing adds {med['published'] - med['batch']:.2f} ms")
+        await out.close()
+        await nc.close()
     return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=40, help="bar closes before timing")
+    ap.add_argument("--per-vector-max", type=int, default=1000,
+                    help="largest N the slow per-vector baseline runs for")
+    return asyncio.run(run(ap.parse_args()))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Inputs are feature vectors (with their bar's close) and, per vector, the predict
   served model versions run in this process (`LocalModels`: the same NumPy forward passes
   Triton runs; tests/test_models_* show them equal to Triton's answers within 1e-6).
 
-Each vector goes through `core.signals.DecisionStage.decide` one at a time, in time order, as
-the live worker calls it, so a replay of the live inputs gives the live signals. Reported:
+Each vector goes through `core.signals.DecisionStage.decide` one at a time, in time order: a
+backtest replays one series, and the live worker's bar closes (`core.closes.BarCloses`) of one
+series hold one vector each, so a replay of the live inputs gives the live signals. Reported:
 
 - hit rate: BUY/SELL signals whose next bar moved their way (bars that did not move left out);
 - P&L of the paper book (realized + unrealized at the last close), total return, Sharpe of the
@@ -19,11 +20,21 @@ the live worker calls it, so a replay of the live inputs gives the live signals.
 - baselines through the same risk rules and book: buy-and-hold at the strategy's largest
   position (``risk.max_position_fraction`` of equity) and at 100 %, and random signals (seeded,
   drawn as often as the strategy has BUY and SELL views before its vetoes).
+
+Confidence comes from the calibration ``--calibration FILE`` or ``[decision] calibration`` names
+(the strategy only; the baselines keep the uncalibrated mapping), else 50 + 50 |S|.
+``--fit-calibration FILE [--holdout 0.5]`` fits one instead (`fit_calibration`): the replay's
+scored BUY/SELL signals (right when the next bar moved their way, as the hit rate counts them),
+the first 1 − holdout of them in time order fit |S| → hit rate; the file is written; a second
+replay with it applied gives the held-out signals' reliability table (`reliability`), beside the
+uncalibrated one. The calibration changes confidence and so sizes and risk vetoes, never the
+action or S, so both replays score the very same signals.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections import Counter
 from datetime import datetime, timezone
@@ -34,15 +45,16 @@ import msgspec
 import numpy as np
 
 from core.config import Config
-from core.decision import SOURCES, DecisionEngine
-from core.errors import DataFileError, TickmeshError
+from core.decision import SOURCES, Calibration, CalibrationProvenance, DecisionEngine
+from core.errors import ConfigError, DataFileError, TickmeshError
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import summarize
 from core.features.featureset import LADDER
 from core.schema import FeatureVector, Prediction, Signal
 from core.signals import DecisionStage
 
-__all__ = ["LocalModels", "Report", "file_inputs", "run", "report", "compare", "register"]
+__all__ = ["LocalModels", "Report", "ReliabilityBin", "CalibrationFit", "file_inputs", "run", "outcomes", "report",
+           "compare", "reliability", "fit_split", "fit_calibration", "register"]
 
 _YEAR_NS = 365 * 86_400 * 10**9
 
@@ -150,13 +162,20 @@ def run(vectors: Sequence[FeatureVector], predictions: Sequence[dict[str, Predic
     return signals, equity
 
 
-def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: DecisionStage) -> Report:
-    close = np.array([s.price for s in signals])
+def outcomes(signals: Sequence[Signal]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one series' signals in time order: the action (+1 BUY, -1 SELL, 0 HOLD), the sign of
+    the next bar's log return (NaN for the last), and which are scored: BUY/SELL with a next bar
+    that moved. A scored signal is right when ``action == next``."""
+    close = np.array([s.price for s in signals], dtype=np.float64)
     nxt = np.full(len(close), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         nxt[:-1] = np.sign(np.log(close[1:] / close[:-1]))
-    action = np.array([{"BUY": 1, "SELL": -1}.get(s.action, 0) for s in signals])
-    scored = (action != 0) & np.isfinite(nxt) & (nxt != 0)
+    action = np.array([{"BUY": 1, "SELL": -1}.get(s.action, 0) for s in signals], dtype=np.int64)
+    return action, nxt, (action != 0) & np.isfinite(nxt) & (nxt != 0)
+
+
+def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: DecisionStage) -> Report:
+    action, nxt, scored = outcomes(signals)
     start = stage.risk.equity_start
     eq = np.concatenate([[start], equity])
     rets = np.diff(eq) / eq[:-1]
@@ -175,7 +194,7 @@ def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: Deci
     conf = np.array([s.confidence for s in signals])
     right = np.sign(action) == nxt
     calibration = []
-    for lo in range(50, 100, 10):
+    for lo in range(0, 100, 10):  # from 0: a calibrated confidence may be below 50
         sel = scored & (conf >= lo) & (conf < lo + 10 if lo < 90 else conf <= 100)
         if sel.any():
             calibration.append((float(lo), float(lo + 10), int(sel.sum()), float(right[sel].mean())))
@@ -212,10 +231,12 @@ class _HoldEngine(DecisionEngine):
         return out
 
 
-def compare(name: str, vectors, predictions, cfg: Config, seed: int = 0) -> list[Report]:
-    """The strategy and its baselines on the same inputs."""
+def compare(name: str, vectors, predictions, cfg: Config, seed: int = 0,
+            calibration: Calibration | None = None) -> list[Report]:
+    """The strategy (its confidence from ``calibration``, None: uncalibrated) and its baselines on
+    the same inputs."""
     names = vectors[0].names
-    stage = DecisionStage(names, cfg.decision, cfg.risk)
+    stage = DecisionStage(names, cfg.decision, cfg.risk, calibration)
     sigs, equity = run(vectors, predictions, stage)
     out = [report(f"{name}: strategy", sigs, equity, stage)]
     # The strategy's views before vetoes: the random baseline draws views as often, and the same
@@ -228,7 +249,7 @@ def compare(name: str, vectors, predictions, cfg: Config, seed: int = 0) -> list
     s2, e2 = run(vectors, predictions, rnd)
     out.append(report(f"{name}: random signals (same frequencies)", s2, e2, rnd))
     hold = DecisionStage(names, cfg.decision, msgspec.structs.replace(cfg.risk, min_confidence=0.0,
-                                                                      min_risk_reward=0.0))
+                                                                      min_risk_reward=0.0, exits=False))
     hold.engine = _HoldEngine(names, msgspec.structs.replace(cfg.decision, threshold=0.0))
     s3, e3 = run(vectors, predictions, hold)
     out.append(report(f"{name}: buy and hold (capped position)", s3, e3, hold))
@@ -240,6 +261,155 @@ def compare(name: str, vectors, predictions, cfg: Config, seed: int = 0) -> list
                       sharpe=float("nan"), max_drawdown=float((1 - close[ok] / np.maximum.accumulate(close[ok])).max()),
                       turnover=1.0, by_source={}))
     return out
+
+
+class ReliabilityBin(msgspec.Struct, frozen=True):
+    """Signals whose stated confidence fell in [lo, hi) percent, and how often they were right."""
+
+    lo: float
+    hi: float
+    signals: int
+    stated: float  # mean confidence, percent
+    right: float  # observed hit rate, percent
+
+
+def reliability(confidence: np.ndarray, right: np.ndarray, width: float = 5.0) -> list[ReliabilityBin]:
+    """The reliability table of scored signals: confidence (percent) in bins of ``width`` points →
+    signals, mean stated confidence, observed hit rate. Calibrated means stated ≈ right per bin."""
+    confidence, right = np.asarray(confidence, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    k = np.clip(np.floor(confidence / width), 0, np.ceil(100 / width) - 1).astype(np.int64)  # 100 % in the top bin
+    out = []
+    for b in np.unique(k).tolist():
+        sel = k == b
+        out.append(ReliabilityBin(b * width, min((b + 1) * width, 100.0), int(sel.sum()),
+                                  float(confidence[sel].mean()), float(right[sel].mean() * 100.0)))
+    return out
+
+
+class CalibrationFit(msgspec.Struct, kw_only=True):
+    """What `fit_calibration` fitted, and how the held-out signals read before and after.
+
+    Attributes:
+        calibration: the fitted table, with its provenance.
+        held_out: scored BUY/SELL signals after the fitted ones.
+        held_out_from_ns: bar time of the first of them.
+        before, after: their reliability tables, uncalibrated and with ``calibration``.
+        traded_before, traded_after: their BUY/SELL signals that got a position (non-zero qty).
+        vetoes_before, vetoes_after: veto name → their BUY/SELL signals the risk rules kept at 0.
+    """
+
+    calibration: Calibration
+    held_out: int
+    held_out_from_ns: int
+    before: list[ReliabilityBin]
+    after: list[ReliabilityBin]
+    traded_before: int
+    traded_after: int
+    vetoes_before: dict[str, int]
+    vetoes_after: dict[str, int]
+
+
+def fit_split(signals: Sequence[Signal], holdout: float) -> tuple[Calibration, np.ndarray, np.ndarray]:
+    """|S| → hit rate fitted on the first 1 − ``holdout`` of one series' scored BUY/SELL signals
+    (`outcomes`) in time order, so nothing after them informs the fit. Bins hold at least 50
+    signals (at most 10 bins): a bin's hit rate then has a standard error of at most 7 points.
+
+    Returns:
+        The calibration (without provenance), the indices of the signals it was fitted on and
+        those of the held-out ones, later than all of those.
+
+    Raises:
+        ConfigError: a holdout outside [0, 1), or fewer than 20 signals to fit on.
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"holdout must be in [0, 1): {holdout}")
+    action, nxt, scored = outcomes(signals)
+    idx = np.flatnonzero(scored)
+    n_fit = int(len(idx) * (1.0 - holdout))
+    fitted = idx[:n_fit]
+    strength = np.abs(np.array([signals[i].score for i in fitted.tolist()], dtype=np.float64))
+    cal = Calibration.fit(strength, action[fitted] == nxt[fitted], bins=int(np.clip(n_fit // 50, 1, 10)))
+    return cal, fitted, idx[n_fit:]
+
+
+def fit_calibration(data: str, vectors: Sequence[FeatureVector], predictions: Sequence[dict[str, Prediction]],
+                    cfg: Config, holdout: float = 0.5, command: str = "", progress=None) -> CalibrationFit:
+    """Fits a confidence calibration on a replay and evaluates it on the held-out signals (see
+    the module docstring).
+
+    Args:
+        data: what the inputs are (a bar file, or "venue/symbol"), kept in the provenance.
+        vectors, predictions: one series, in time order.
+        cfg: the ``decision`` and ``risk`` settings of both replays.
+        holdout: share of the scored signals, the latest, kept out of the fit; in [0, 1).
+        command: the command line, kept in the provenance.
+        progress: called with a line of text at each step (None: silent).
+
+    Raises:
+        ConfigError: a holdout outside [0, 1), or too few scored signals to fit.
+    """
+    say = progress or (lambda _: None)
+    names = vectors[0].names
+    say(f"replaying {len(vectors):,} vectors uncalibrated")
+    before, _ = run(vectors, predictions, DecisionStage(names, cfg.decision, cfg.risk))
+    cal, fitted, test = fit_split(before, holdout)
+    cal = msgspec.structs.replace(cal, provenance=CalibrationProvenance(
+        data=data, tf=before[0].tf, start_ns=before[fitted[0]].start_ns, end_ns=before[fitted[-1]].start_ns,
+        signals=len(fitted), holdout=holdout, fitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=command))
+    say(f"fitted on {len(fitted):,} of {len(fitted) + len(test):,} scored BUY/SELL signals: |S| edges "
+        f"{[round(e, 3) for e in cal.edges]} -> hit rate {[round(h, 3) for h in cal.hit_rate]}")
+    say(f"replaying {len(vectors):,} vectors with the calibration")
+    after, _ = run(vectors, predictions, DecisionStage(names, cfg.decision, cfg.risk, cal))
+    action, nxt, _ = outcomes(before)
+    right_test = action[test] == nxt[test]
+
+    def conf(sigs):
+        return np.array([sigs[i].confidence for i in test.tolist()])
+
+    def traded(sigs):
+        return sum(sigs[i].qty != 0 for i in test.tolist())
+
+    def vetoes(sigs):
+        return dict(Counter(sigs[i].veto for i in test.tolist() if sigs[i].veto))
+
+    return CalibrationFit(calibration=cal, held_out=len(test),
+                          held_out_from_ns=before[test[0]].start_ns if len(test) else 0,
+                          before=reliability(conf(before), right_test), after=reliability(conf(after), right_test),
+                          traded_before=traded(before), traded_after=traded(after),
+                          vetoes_before=vetoes(before), vetoes_after=vetoes(after))
+
+
+def _gap(bins: Sequence[ReliabilityBin]) -> float:
+    """Mean |stated − right| in points, weighted by signals."""
+    n = sum(b.signals for b in bins)
+    return sum(b.signals * abs(b.stated - b.right) for b in bins) / n if n else float("nan")
+
+
+def _fit_text(fit: CalibrationFit, path: str) -> str:
+    p = fit.calibration.provenance
+    lines = [f"wrote {path}: fitted on {p.signals:,} scored BUY/SELL signals of {p.data} {p.tf}, "
+             f"{_iso(p.start_ns)} to {_iso(p.end_ns)}"]
+    if not fit.held_out:
+        return "\n".join(lines + ["no held-out signals (--holdout 0)"])
+    lines.append(f"held-out reliability: the {fit.held_out:,} scored BUY/SELL signals from "
+                 f"{_iso(fit.held_out_from_ns)} (right: the next bar moved their way; ±2σ: binomial, of right)")
+    for title, bins in (("uncalibrated (50 + 50|S|)", fit.before), ("calibrated", fit.after)):
+        lines.append(f"  {title}: mean |stated - right| {_gap(bins):.1f} points")
+        lines.append(f"    {'confidence':>10} {'signals':>8} {'stated %':>9} {'right %':>8} {'±2σ':>6}")
+        for b in bins:
+            se = 200.0 * np.sqrt(b.right / 100 * (1 - b.right / 100) / b.signals)
+            lines.append(f"    {f'{b.lo:.0f}-{b.hi:.0f}':>10} {b.signals:>8,} {b.stated:>9.1f} {b.right:>8.1f} "
+                         f"{se:>6.1f}")
+    for title, n, v in (("uncalibrated", fit.traded_before, fit.vetoes_before),
+                        ("calibrated", fit.traded_after, fit.vetoes_after)):
+        lines.append(f"  {title}: {n:,} of them got a position; vetoes: "
+                     + (", ".join(f"{k} {x:,}" for k, x in sorted(v.items())) or "none"))
+    return "\n".join(lines)
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _table(reports: Sequence[Report]) -> str:
@@ -302,19 +472,46 @@ def _time_ns(text: str | None) -> int | None:
     return n
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that gave ``args`` (kept in a fitted calibration's provenance)."""
+    words = ["tickmesh"] + (["--config", args.config] if getattr(args, "config", None) else []) + ["backtest"]
+    for flag, value in (("--bars", args.bars), ("--venue", args.venue), ("--symbol", args.symbol),
+                        ("--timeframe", args.timeframe), ("--from", args.from_), ("--to", args.to)):
+        words += [flag, str(value)] if value else []
+    words += ["--no-models"] if args.no_models else []
+    return shlex.join(words + ["--fit-calibration", args.fit_calibration, "--holdout", str(args.holdout)])
+
+
 def _cmd(args: argparse.Namespace, cfg: Config) -> int:
+    def progress(line: str) -> None:
+        print(f"tickmesh backtest: {line}", file=sys.stderr, flush=True)
+
     try:
+        # Not when fitting: the configured file may be the one about to be written.
+        calibration = None if args.fit_calibration else (
+            Calibration.load(args.calibration) if args.calibration else cfg.load_calibration())
         if args.bars:
+            progress(f"reading {args.bars}" + ("" if args.no_models else " and running the served models"))
             vectors, preds = file_inputs(args.bars, None if args.no_models else LocalModels())
-            name = Path(args.bars).name
+            name, data = Path(args.bars).name, args.bars
         elif args.venue and args.symbol and args.timeframe:
             vectors, preds = _stored_inputs(args, cfg)
-            name = f"{args.venue}/{args.symbol} {args.timeframe}"
+            name, data = f"{args.venue}/{args.symbol} {args.timeframe}", f"{args.venue}/{args.symbol}"
         else:
             print("tickmesh backtest: give --bars FILE, or --venue, --symbol and --timeframe", file=sys.stderr)
             return 2
-        reports = compare(name, vectors, preds, cfg, args.seed)
-    except TickmeshError as exc:
+        if args.fit_calibration:
+            fit = fit_calibration(data, vectors, preds, cfg, args.holdout, _command(args), progress)
+            fit.calibration.save(args.fit_calibration)
+            print(_fit_text(fit, args.fit_calibration))
+            return 0
+        if calibration is not None and calibration.provenance is not None:
+            p = calibration.provenance
+            progress(f"confidence calibrated on {p.signals:,} signals of {p.data} {p.tf}, "
+                     f"{_iso(p.start_ns)} to {_iso(p.end_ns)}")
+        progress(f"replaying {len(vectors):,} vectors: the strategy and its baselines")
+        reports = compare(name, vectors, preds, cfg, args.seed, calibration)
+    except (TickmeshError, OSError) as exc:  # OSError: the calibration file could not be written
         print(f"tickmesh backtest: {exc}", file=sys.stderr)
         return 2
     print(_table(reports))
@@ -331,4 +528,11 @@ def register(sub) -> None:
     p.add_argument("--from", dest="from_", help="inclusive start (ISO-8601 or epoch s/ms/us/ns)")
     p.add_argument("--to", help="exclusive end")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-signal baseline")
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibration", metavar="FILE",
+                     help="confidence calibration to run the strategy with (default: [decision] calibration)")
+    cal.add_argument("--fit-calibration", metavar="OUT", help="fit a confidence calibration on the replay, write "
+                     "it to OUT (JSON) and print the held-out reliability table instead of the report")
+    p.add_argument("--holdout", type=float, default=0.5,
+                   help="with --fit-calibration: share of the scored signals, the latest, kept out of the fit")
     p.set_defaults(func=_cmd)

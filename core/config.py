@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Mapping
 import msgspec
 
 from core.alerts import AlertSettings
-from core.decision import DecisionSettings
+from core.decision import Calibration, DecisionSettings
 from core.errors import ConfigError
 from core.risk import RiskSettings
 from core.schema import TIMEFRAME_NS
@@ -212,6 +212,16 @@ class Config(_Section):
     @property
     def nats_store_dir(self) -> Path:
         return Path(self.data_dir).resolve() / "jetstream"
+
+    def load_calibration(self) -> Calibration | None:
+        """The confidence calibration ``decision.calibration`` names, read now (None when the
+        setting is empty). A relative path is taken from the working directory, as ``data_dir`` is.
+
+        Raises:
+            ConfigError: the file is missing or not a calibration (the message names it).
+        """
+        path = self.decision.calibration
+        return Calibration.load(Path(path).resolve()) if path else None
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict:

@@ -21,7 +21,10 @@ vetoes a new position (HOLD, reason "anomaly"), and the regime scales the positi
 
 Confidence (0–100) is the probability that the action is right, read from a calibration table
 (`Calibration`) fitted on a replay: |S| in bins → the hit rate observed there. Until one is
-fitted the mapping is the uncalibrated 50 + 50 |S|, and the signal says so.
+fitted the mapping is the uncalibrated 50 + 50 |S|, and the signal says so. ``tickmesh backtest
+--fit-calibration FILE`` fits one on the BUY/SELL signals of a replay (a BUY/SELL is right when
+the next bar's return has its sign) and saves it as JSON with its provenance; ``[decision]
+calibration`` names the file the live worker loads (`core.config.Config.load_calibration`).
 
 Weights (documented update rule, bounded, persisted): each source keeps, per series (symbol and
 timeframe), an exponentially weighted hit rate aᵢ (start 0.5) of its non-zero votes against the
@@ -36,6 +39,8 @@ moves its series' aᵢ the same way (`DecisionEngine.feedback`).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import msgspec
@@ -48,6 +53,7 @@ __all__ = [
     "RULE_FEATURES",
     "VETO_REASONS",
     "DecisionSettings",
+    "CalibrationProvenance",
     "Calibration",
     "Decisions",
     "DecisionEngine",
@@ -79,6 +85,9 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         base_weights: starting multiplier per source (1 when absent); 0 turns a source off.
         regime_size: position-size factor per regime label.
         anomaly_veto: an anomaly flag turns the action into HOLD.
+        calibration: path of a fitted confidence calibration (`Calibration.save`, JSON); "" =
+            uncalibrated. Relative to the working directory, as ``data_dir`` is. The engine never
+            reads it: the entry point loads it once (`core.config.Config.load_calibration`).
     """
 
     threshold: float = 0.15
@@ -89,14 +98,40 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     regime_size: dict[str, float] = msgspec.field(default_factory=lambda: {"calm": 1.0, "normal": 1.0,
                                                                            "turbulent": 0.5})
     anomaly_veto: bool = True
+    calibration: str = ""
+
+
+class CalibrationProvenance(msgspec.Struct, frozen=True, kw_only=True):
+    """What a `Calibration` was fitted on.
+
+    Attributes:
+        data: the bar file, or "venue/symbol" of stored history.
+        tf: the timeframe of the bars.
+        start_ns, end_ns: the bar times of the first and last signal fitted on (inclusive).
+        signals: the scored BUY/SELL signals fitted on.
+        holdout: the share of the scored signals left out of the fit (the latest ones).
+        fitted_at: when, ISO-8601 UTC.
+        command: the tickmesh command that fitted it.
+    """
+
+    data: str
+    tf: str
+    start_ns: int
+    end_ns: int
+    signals: int
+    holdout: float = 0.0
+    fitted_at: str = ""
+    command: str = ""
 
 
 class Calibration(msgspec.Struct, frozen=True):
-    """|S| bin edges and the hit rate (0..1) observed in each bin on a replay."""
+    """|S| bin edges and the hit rate (0..1) observed in each bin on a replay, with where that
+    replay came from (`save`/`load` keep both in a JSON file)."""
 
     edges: list[float]
     hit_rate: list[float]
     counts: list[int]
+    provenance: CalibrationProvenance | None = None
 
     @classmethod
     def fit(cls, strength: np.ndarray, hit: np.ndarray, bins: int = 10, min_count: int = 20) -> "Calibration":
@@ -126,6 +161,33 @@ class Calibration(msgspec.Struct, frozen=True):
         edges = np.asarray(self.edges)
         idx = np.clip(np.searchsorted(edges, strength, side="right") - 1, 0, len(self.hit_rate) - 1)
         return np.asarray(self.hit_rate)[idx]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the table and its provenance as indented JSON."""
+        Path(path).write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        """Reads a file written by `save`.
+
+        Raises:
+            ConfigError: the file is missing or unreadable, or not a usable calibration (the
+                message names the file).
+        """
+        try:
+            cal = msgspec.json.decode(Path(path).read_bytes(), type=cls)
+        except FileNotFoundError:
+            raise ConfigError(f"calibration file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"calibration file {path}: {exc.strerror or exc}") from None
+        except msgspec.DecodeError as exc:  # ValidationError included
+            raise ConfigError(f"calibration file {path} is not a calibration: {exc}") from None
+        edges, rate = np.asarray(cal.edges, dtype=np.float64), np.asarray(cal.hit_rate, dtype=np.float64)
+        if (len(edges) < 2 or len(rate) != len(edges) - 1 or len(cal.counts) != len(rate)
+                or not np.all(np.diff(edges) > 0) or not np.all((rate >= 0) & (rate <= 1))):
+            raise ConfigError(f"calibration file {path} is not a calibration: it needs increasing edges, "
+                              f"one hit rate in [0, 1] and one count per bin")
+        return cal
 
 
 class Decisions(msgspec.Struct, kw_only=True):

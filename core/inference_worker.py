@@ -9,7 +9,9 @@ answered by the rule-based fallback (``degraded``) while Triton is down or slow.
 
 Every vector then gets a signal from the decision stage (`core.signals.DecisionStage`: rules,
 the predictions as evidence, risk sizing, the paper book); vectors still warming up for the models
-get rule-only signals.
+get rule-only signals. The vectors of one bar close are decided in one call, as soon as the close
+is complete (`core.closes.BarCloses`: the grouping depends on the stream alone, not on how fetches
+cut it, so a restart or a replay gives the same signals).
 
 Windows and the decision state are snapshotted like the feature worker's state
 (`core._snapshot_worker`), so a restart gives the same windows, the same requests and, Triton
@@ -43,8 +45,10 @@ from core.inference import InferenceClient, Result, Router
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS, summarize
 from core.routing import config_route, decode_route
-from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, Alert, FeatureVector, Prediction, pred_msg_id
+from core.schema import (HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, TIMEFRAME_NS, Alert, FeatureVector, Prediction,
+                         pred_msg_id)
 from core.alerts import Alerter, Deliverer, Delivery
+from core.closes import BarCloses
 from core.signals import DecisionStage, Execution, Feedback
 
 __all__ = ["InferenceWorker", "InferenceStats", "register"]
@@ -90,6 +94,10 @@ class _Series:
         self.warmed = False  # had a full finite window once: later non-finite input is an error
 
 
+# A vector waiting for its bar close, with the predictions made for it.
+_Decidable = tuple[FeatureVector, dict[str, Prediction]]
+
+
 class _State(msgspec.Struct, array_like=True):
     layout: str
     keys: list[tuple[str, str, str]]
@@ -100,6 +108,7 @@ class _State(msgspec.Struct, array_like=True):
     decision: bytes = b""
     feedback_applied: list[str] = []
     open_alerts: list[Alert] = []
+    closes: bytes = b""  # bar closes received, not yet decided
 
 
 class InferenceWorker(SnapshotWorker):
@@ -131,11 +140,12 @@ class InferenceWorker(SnapshotWorker):
         self._client: InferenceClient | None = None
         self._watches: list[asyncio.Task] = []
         self._feedback_applied: set[str] = set()  # signal ids whose feedback moved the weights
-        self._decision_cfg = (cfg.decision, cfg.risk)
+        self._decision_cfg = (cfg.decision, cfg.risk, cfg.load_calibration())  # DecisionStage's settings
         self.alerter = Alerter(cfg.alerts)
         self.deliverer = Deliverer(cfg.alerts, self._on_delivery)
         self._letters: set[asyncio.Task] = set()  # dead letters of failed deliveries, in flight
         self.decisions: DecisionStage | None = None  # made for the layout of the first vector
+        self.closes: BarCloses[_Decidable] = BarCloses()
 
     def __repr__(self) -> str:
         return f"InferenceWorker(name={self.name!r}, models={self.cfg.models}, triton={self.triton_url!r})"
@@ -146,6 +156,7 @@ class InferenceWorker(SnapshotWorker):
         self.decisions = None
         self._feedback_applied = set()
         self.alerter.open_alerts = {}
+        self.closes = BarCloses()
 
     def state_bytes(self) -> bytes:
         keys = list(self.series)
@@ -155,7 +166,8 @@ class InferenceWorker(SnapshotWorker):
                                              [self.series[k].finite_run for k in keys],
                                              [self.series[k].warmed for k in keys],
                                              d.names if d else [], d.snapshot() if d else b"",
-                                             sorted(self._feedback_applied), list(self.alerter.open_alerts.values())))
+                                             sorted(self._feedback_applied), list(self.alerter.open_alerts.values()),
+                                             self.closes.snapshot()))
 
     def restore_state(self, data: bytes) -> None:
         st = msgspec.msgpack.decode(data, type=_State)
@@ -171,6 +183,9 @@ class InferenceWorker(SnapshotWorker):
         self.decisions = None
         self._feedback_applied = set(st.feedback_applied)
         self.alerter.open_alerts = {(a.venue, a.symbol, a.tf): a for a in st.open_alerts}
+        self.closes = BarCloses()
+        if st.closes:
+            self.closes.restore(st.closes, _Decidable)
         if st.decision:
             self.decisions = DecisionStage(st.decision_names, *self._decision_cfg)
             self.decisions.restore(st.decision)
@@ -298,10 +313,12 @@ class InferenceWorker(SnapshotWorker):
         return cols
 
     async def on_chunk(self, msgs: list) -> None:
-        """Windows updated in stream order, every due prediction requested at once, then one
-        signal per vector (its predictions, when it had any, as evidence)."""
+        """Windows updated in stream order, every due prediction requested at once, then the
+        vectors grouped into bar closes (`core.closes.BarCloses`) and each due close decided in
+        one call, its predictions as evidence."""
         due: list[tuple[int, np.ndarray]] = []
         vectors: list[FeatureVector] = []
+        arrivals: list[tuple[FeatureVector, int | None]] = []  # stream order; None: not decided
         for msg in msgs:
             if not self.accept(msg):
                 continue
@@ -315,33 +332,15 @@ class InferenceWorker(SnapshotWorker):
                 await self.dead_letter(msg.subject, str(exc), msg.data, str(seq))
                 continue
             self.stats.vectors += 1
-            cols = self._model_columns(vec)
-            if cols is None:
-                missing = [n for n in MODEL_FEATURES if n not in vec.names]
-                await self.dead_letter(msg.subject, f"feature vector lacks model features {missing}", msg.data,
-                                       str(seq))
+            if (reason := self._check(vec)) is None:
+                reason = self._window(vec, values)
+            if reason:
+                await self.dead_letter(msg.subject, reason, msg.data, str(seq))
+                arrivals.append((vec, None))
                 continue
-            if self.decisions is None:
-                self.decisions = DecisionStage(vec.names, *self._decision_cfg)
-            elif vec.names != self.decisions.names:
-                await self.dead_letter(msg.subject, "feature layout differs from the one this worker decides on",
-                                       msg.data, str(seq))
-                continue
-            key = (vec.tf, vec.venue, vec.symbol)
-            s = self.series.get(key) or self.series.setdefault(key, _Series())
-            x = values[cols]
-            s.window[:-1] = s.window[1:]
-            s.window[-1] = x
-            if np.isfinite(x).all():
-                s.finite_run += 1
-            else:
-                s.finite_run = 0
-                if s.warmed:
-                    bad = [MODEL_FEATURES[i] for i in np.flatnonzero(~np.isfinite(x))]
-                    await self.dead_letter(msg.subject, f"non-finite model features after warm-up: {bad}",
-                                           msg.data, str(seq))
-                    continue
             vectors.append(vec)
+            arrivals.append((vec, len(vectors) - 1))
+            s = self.series[(vec.tf, vec.venue, vec.symbol)]
             if s.finite_run >= WINDOW_BARS:
                 s.warmed = True
                 due.append((len(vectors) - 1, s.window.copy()))
@@ -351,10 +350,40 @@ class InferenceWorker(SnapshotWorker):
         preds: list[dict[str, Prediction]] = [{} for _ in vectors]
         if due:
             await self._predict_and_publish(vectors, due, preds)
-        if vectors:
-            await self._decide_and_publish(vectors, preds)
+        for vec, i in arrivals:
+            for group in self.closes.add(vec.tf, vec.venue, vec.symbol, vec.start_ns,
+                                         None if i is None else (vec, preds[i])):
+                await self._decide_and_publish(group)
         await self.ack(msgs)
         self.stats.models = self._client.metrics() if self._client else {}
+
+    def _check(self, vec: FeatureVector) -> str | None:
+        """Why a vector cannot be used (None: it can); makes the decision stage on the first."""
+        if vec.tf not in TIMEFRAME_NS:
+            return f"unknown timeframe {vec.tf!r}"
+        if self._model_columns(vec) is None:
+            return f"feature vector lacks model features {[n for n in MODEL_FEATURES if n not in vec.names]}"
+        if self.decisions is None:
+            self.decisions = DecisionStage(vec.names, *self._decision_cfg)
+        elif vec.names != self.decisions.names:
+            return "feature layout differs from the one this worker decides on"
+        return None
+
+    def _window(self, vec: FeatureVector, values: np.ndarray) -> str | None:
+        """Appends the vector's model features to its series' window; the reason when they turn
+        non-finite after the series warmed up (None: fine)."""
+        key = (vec.tf, vec.venue, vec.symbol)
+        s = self.series.get(key) or self.series.setdefault(key, _Series())
+        x = values[self._model_columns(vec)]
+        s.window[:-1] = s.window[1:]
+        s.window[-1] = x
+        if np.isfinite(x).all():
+            s.finite_run += 1
+            return None
+        s.finite_run = 0
+        if s.warmed:
+            return f"non-finite model features after warm-up: {[MODEL_FEATURES[i] for i in np.flatnonzero(~np.isfinite(x))]}"
+        return None
 
     async def _predict_and_publish(self, vectors: list[FeatureVector], due: list[tuple[int, np.ndarray]],
                                    preds: list[dict[str, Prediction]]) -> None:
@@ -372,24 +401,21 @@ class InferenceWorker(SnapshotWorker):
                 raise res
             preds[i][model] = await self._publish(vec, model, res)
 
-    async def _decide_and_publish(self, vectors: list[FeatureVector], preds: list[dict[str, Prediction]]) -> None:
-        """Signals, one vector at a time in stream order: the paper book couples the series (equity,
-        exposure), so its updates must follow an order that does not depend on how the stream was
-        cut into chunks for a restart to reproduce them."""
-        for vec, p in zip(vectors, preds):
-            for sig in self.decisions.decide([vec], [p]):
-                await self._out.publish(subjects.sig(sig.venue, sig.symbol), self._codec.encode(sig),
-                                        {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA})
-                self.stats.signals += 1
-                self.stats.buy += sig.action == "BUY"
-                self.stats.sell += sig.action == "SELL"
-                alert = self.alerter.on_signal(sig)
-                if alert is not None:
-                    await self._out.publish(subjects.alert(alert.priority, alert.venue, alert.symbol),
-                                            self._codec.encode(alert), {HDR_MSG_ID: alert.id, HDR_SCHEMA: _SCHEMA})
-                    self.stats.alerts += 1
-                    # Delivered beside the signal path: a slow or dead channel never holds signals.
-                    self.deliverer.submit(alert)
+    async def _decide_and_publish(self, group: list[tuple[FeatureVector, dict[str, Prediction]]]) -> None:
+        """Signals of one bar close, decided in one call and published in the group's order."""
+        for sig in self.decisions.decide([v for v, _ in group], [p for _, p in group]):
+            await self._out.publish(subjects.sig(sig.venue, sig.symbol), self._codec.encode(sig),
+                                    {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA})
+            self.stats.signals += 1
+            self.stats.buy += sig.action == "BUY"
+            self.stats.sell += sig.action == "SELL"
+            alert = self.alerter.on_signal(sig)
+            if alert is not None:
+                await self._out.publish(subjects.alert(alert.priority, alert.venue, alert.symbol),
+                                        self._codec.encode(alert), {HDR_MSG_ID: alert.id, HDR_SCHEMA: _SCHEMA})
+                self.stats.alerts += 1
+                # Delivered beside the signal path: a slow or dead channel never holds signals.
+                self.deliverer.submit(alert)
 
     async def _publish(self, vec: FeatureVector, model: str, res: Result) -> Prediction:
         outputs = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in res.outputs.items()}

@@ -32,6 +32,24 @@ between the fills of one call: a batch of fills is one event, as a bar close is.
 ``last_px`` of a key is the price of its newest event by timestamp (a mark or a fill), so an old
 execution recorded late does not overwrite a newer mark.
 
+Exits. Each open position may carry a protective stop-loss and take-profit price
+(:meth:`Portfolio.set_exits`, NaN = none). The portfolio never invents levels, it only drops them
+when they stop making sense: a fill that closes the position clears them, and so does a fill that
+flips it (the old levels guard the other side; the new side has none until the caller sets them).
+A fill that adds to or reduces the position keeps them; the decision stage then calls
+:meth:`~Portfolio.set_exits` with the newest signal's levels, so a position built by several
+signals is guarded by the latest one's (placed from the latest close and ATR, not from the
+average price). :meth:`Portfolio.exits` is a pure query: at a bar close it lists the orders that
+close the positions whose level the close crossed, and the caller applies them with
+:meth:`~Portfolio.apply_fills` (with ids, so an exit counts once across restarts).
+
+Exits are judged at bar closes only, and the fill price is the close. A close beyond a stop
+fills worse than the stop price, as a stop order does when a gap jumps it (conservative for that
+bar); a close beyond a take-profit fills better than the limit price, which a slow move through
+the level would not give (optimistic). And a level touched inside a bar that closes back on the
+safe side is missed (a real stop or limit order would have filled), so close-only exits bound
+the P&L in neither direction.
+
 :meth:`Portfolio.to_bytes` / :meth:`Portfolio.from_bytes` carry the whole state (msgpack, exact
 floats) across restarts.
 
@@ -46,20 +64,24 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from itertools import repeat
+from typing import Literal, NamedTuple, Sequence
 
 import msgspec
 import numpy as np
 
 from core.errors import SchemaError, ValidationError
 
-__all__ = ["Portfolio", "Fill", "Source", "NS_PER_DAY"]
+__all__ = ["Portfolio", "Fill", "Exits", "Source", "NS_PER_DAY"]
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 Source = Literal["signal", "execution"]
 _SOURCES = ("signal", "execution")
-_STATE_VERSION = 1
+# 2: the exit levels (stop_px, take_px) appended; a version 1 state loads without levels.
+_STATE_VERSION = 2
 _FLOAT_COLUMNS = ("qty", "avg_px", "realized_pnl", "last_px")
+# Protective levels of each key's open position, quote currency; NaN = none.
+_LEVEL_COLUMNS = ("stop_px", "take_px")
 # A reducing fill leaving less than this fraction of the position closes it (float dust).
 _QTY_DUST = 1e-12
 
@@ -90,6 +112,26 @@ class Fill(msgspec.Struct, frozen=True, array_like=True):
     fee: float = 0.0
 
 
+class Exits(NamedTuple):
+    """The closing orders :meth:`Portfolio.exits` found, one per crossed position, in query order.
+
+    Attributes:
+        index: position of each order's price in the query (to build the caller's fill ids).
+        keys: ``(venue, symbol)`` per order.
+        qty: signed quantity that closes the position (minus the position), base units.
+        px: fill price: the queried price (a bar close), quote currency.
+        ts_ns: time of the queried price, ns since the epoch.
+        reason: ``"stop_loss"`` or ``"take_profit"`` per order.
+    """
+
+    index: np.ndarray
+    keys: list[tuple[str, str]]
+    qty: np.ndarray
+    px: np.ndarray
+    ts_ns: np.ndarray
+    reason: list[str]
+
+
 class _State(msgspec.Struct, array_like=True):
     version: int
     equity_start: float
@@ -110,6 +152,9 @@ class _State(msgspec.Struct, array_like=True):
     fill_fee: bytes
     fill_source: bytes
     fill_ids: list[tuple[int, str]]
+    # Version 2 on; a version 1 state has none.
+    stop_px: bytes = b""
+    take_px: bytes = b""
 
 
 class _FillLog:
@@ -168,6 +213,7 @@ class Portfolio:
     def _alloc(self, capacity: int) -> None:
         """(Re)allocates the row arrays with room for ``capacity`` keys, keeping existing rows."""
         for name, dtype, fill in (*((c, np.float64, 0.0) for c in _FLOAT_COLUMNS),
+                                  *((c, np.float64, np.nan) for c in _LEVEL_COLUMNS),
                                   ("mark_ts_ns", np.int64, np.iinfo(np.int64).min)):
             grown = np.full(capacity, fill, dtype)
             old = getattr(self, "_" + name, None)
@@ -190,7 +236,7 @@ class Portfolio:
                     self._keys.append(key)
             if len(self._keys) > self._qty.shape[0]:
                 self._alloc(max(2 * self._qty.shape[0], len(self._keys)))
-        return np.fromiter((index.get(key, -1) for key in keys), np.intp, len(keys))
+        return np.fromiter(map(index.get, keys, repeat(-1)), np.intp, len(keys))
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -305,13 +351,7 @@ class Portfolio:
             ValidationError: lengths differ, a price is not finite and > 0, or a time is negative.
         """
         n = len(keys)
-        try:
-            price = np.broadcast_to(np.asarray(px, np.float64), (n,))
-            ts = np.broadcast_to(np.asarray(ts_ns, np.int64), (n,))
-        except ValueError as exc:
-            raise ValidationError(f"mark columns do not match {n} keys: {exc}") from None
-        _check_px(price, "mark")
-        _check_ts(ts)
+        price, ts = _priced(n, px, ts_ns, "mark")
         if n == 0:
             return
         rows = self._rows(keys, create=False)
@@ -328,6 +368,91 @@ class Portfolio:
             self._last_px[r[newer]] = p[newer]
             self._mark_ts_ns[r[newer]] = t[newer]
             self._touch_peak()
+
+    def set_exits(self, keys: Sequence[tuple[str, str]], stop_px, take_px) -> int:
+        """Sets the stop-loss and take-profit of open positions, replacing their previous levels.
+
+        Keys that are flat or unknown are skipped: a level belongs to an open position, and one
+        left on a flat key would guard whatever position opens next, on either side. Of several
+        entries for one key the last given wins. The whole call is checked before anything changes.
+
+        Args:
+            keys: ``(venue, symbol)`` per entry.
+            stop_px: stop-loss price per entry (or one for all), quote currency, > 0; NaN = none.
+            take_px: take-profit price per entry (or one for all), quote currency, > 0; NaN = none.
+
+        Returns:
+            The number of entries applied (keys with an open position, each counted once).
+
+        Raises:
+            ValidationError: lengths differ, a level is neither NaN nor finite and > 0, or a
+                position's stop is not on the losing side of its take-profit (a long needs
+                ``stop < take``, a short ``stop > take``).
+        """
+        n = len(keys)
+        try:
+            stop, take = (np.broadcast_to(np.asarray(a, np.float64), (n,)) for a in (stop_px, take_px))
+        except ValueError as exc:
+            raise ValidationError(f"exit levels do not match {n} keys: {exc}") from None
+        for levels, what in ((stop, "stop-loss"), (take, "take-profit")):
+            if not (np.isnan(levels) | (np.isfinite(levels) & (levels > 0))).all():
+                raise ValidationError(f"{what} prices must be NaN (none) or finite and > 0")
+        rows = self._rows(keys, create=False)
+        side = np.where(rows >= 0, np.sign(self._qty[np.maximum(rows, 0)]), 0.0)
+        # Levels the wrong way round could both be crossed by one price. NaN compares False here.
+        if ((side != 0) & (side * (take - stop) <= 0)).any():
+            raise ValidationError("a stop-loss must lie below the take-profit of a long, above it for a short")
+        open_ = np.flatnonzero(side != 0)
+        # Fancy assignment with repeated indices has no defined winner: keep each row's last entry.
+        _, last = np.unique(rows[open_][::-1], return_index=True)
+        pick = open_[open_.shape[0] - 1 - last]
+        self._stop_px[rows[pick]] = stop[pick]
+        self._take_px[rows[pick]] = take[pick]
+        return int(pick.shape[0])
+
+    def exits(self, keys: Sequence[tuple[str, str]], px, ts_ns) -> Exits:
+        """The orders that close positions whose stop-loss or take-profit ``px`` crossed.
+
+        A long exits at ``px <= stop_px`` (reason ``"stop_loss"``) or ``px >= take_px``
+        (``"take_profit"``); a short at ``px >= stop_px`` or ``px <= take_px``. The fill price is
+        ``px`` itself (see the module docstring for what close-only exits miss). A pure query:
+        nothing changes until the caller applies the orders with :meth:`apply_fills`.
+
+        Keys without an open position or without levels give nothing, nor does a price older than
+        the key's newest event (it predates the position as it is now). Of several prices of one
+        key, the earliest that crosses a level (equal times: the first given) gives its one order.
+
+        Args:
+            keys: ``(venue, symbol)`` per price.
+            px: price per key (e.g. bar close), quote currency, > 0.
+            ts_ns: time of each price, ns since the epoch, one for all or one per key.
+
+        Returns:
+            The closing orders as :class:`Exits`, in the order of their prices in the query.
+
+        Raises:
+            ValidationError: lengths differ, a price is not finite and > 0, or a time is negative.
+        """
+        n = len(keys)
+        price, ts = _priced(n, px, ts_ns, "exit query")
+        rows = self._rows(keys, create=False)
+        r = np.maximum(rows, 0)  # row 0 stands in for unknown keys, masked out below
+        qty = np.where(rows >= 0, self._qty[r], 0.0)
+        current = (rows >= 0) & (ts >= self._mark_ts_ns[r])
+        long, short = current & (qty > 0), current & (qty < 0)
+        stop, take = self._stop_px[r], self._take_px[r]
+        # A missing level (NaN) compares False: never crossed.
+        hit_stop = (long & (price <= stop)) | (short & (price >= stop))
+        hit_take = (long & (price >= take)) | (short & (price <= take))
+        hit = np.flatnonzero(hit_stop | hit_take)
+        if np.unique(rows[hit]).shape[0] < hit.shape[0]:
+            # A position closes once: at the earliest crossing, as if the prices came in time order.
+            order = hit[np.lexsort((hit, ts[hit], rows[hit]))]
+            _, first = np.unique(rows[order], return_index=True)
+            hit = np.sort(order[first])
+        # Consistent levels cannot both be crossed; restored odd ones exit by the stop (the loss).
+        reason = np.where(hit_stop[hit], "stop_loss", "take_profit").tolist()
+        return Exits(hit, [keys[i] for i in hit.tolist()], -qty[hit], price[hit].copy(), ts[hit].copy(), reason)
 
     def _days(self, ts: np.ndarray):
         """Yields the indices of each UTC day's events, oldest day first, rolling the day (start-of-day
@@ -355,6 +480,10 @@ class Portfolio:
         flipped = ~adding & (np.abs(dq) > np.abs(q))
         self._avg_px[r] = np.where(adding, weighted, np.where(flipped, p, np.where(new_q == 0, 0.0, a)))
         self._qty[r] = new_q
+        # Levels guard the position they were set for: none survive a close or a flip.
+        gone = r[(new_q == 0) | flipped]
+        self._stop_px[gone] = np.nan
+        self._take_px[gone] = np.nan
         self.cash -= float(np.sum(dq * p)) + float(np.sum(fee))
         newer = t >= self._mark_ts_ns[r]
         self._last_px[r[newer]] = p[newer]
@@ -420,16 +549,20 @@ class Portfolio:
 
     def positions(self) -> list[dict]:
         """One dict per key: venue, symbol, qty, avg_px, last_px, unrealized, realized, exposure
-        (signed market value), in row order; flat keys stay listed with their realized P&L."""
+        (signed market value), stop_px and take_px (None when not set), in row order; flat keys
+        stay listed with their realized P&L."""
         n = len(self._keys)
         qty, avg, last = self._qty[:n], self._avg_px[:n], self._last_px[:n]
         unrealized = (qty * (last - avg)).tolist()
         exposure = (qty * last).tolist()
+        # None rather than NaN: the rows are served as JSON, which has no NaN.
+        stop, take = ([None if x != x else x for x in getattr(self, "_" + c)[:n].tolist()] for c in _LEVEL_COLUMNS)
         return [
             {"venue": venue, "symbol": symbol, "qty": q, "avg_px": a, "last_px": lp,
-             "unrealized": u, "realized": rz, "exposure": e}
-            for (venue, symbol), q, a, lp, u, rz, e in zip(self._keys, qty.tolist(), avg.tolist(), last.tolist(),
-                                                          unrealized, self._realized_pnl[:n].tolist(), exposure)
+             "unrealized": u, "realized": rz, "exposure": e, "stop_px": sl, "take_px": tp}
+            for (venue, symbol), q, a, lp, u, rz, e, sl, tp in zip(
+                self._keys, qty.tolist(), avg.tolist(), last.tolist(), unrealized,
+                self._realized_pnl[:n].tolist(), exposure, stop, take)
         ]
 
     def snapshot(self) -> dict:
@@ -458,23 +591,30 @@ class Portfolio:
             _STATE_VERSION, self.equity_start, self.cash, self.peak_equity, self.start_of_day_equity, self.day,
             list(self._keys), *(getattr(self, "_" + c)[:n].tobytes() for c in _FLOAT_COLUMNS),
             self._mark_ts_ns[:n].tobytes(), *(c.tobytes() for c in self._log.columns()),
-            sorted(self._log.ids.items())))
+            sorted(self._log.ids.items()), *(getattr(self, "_" + c)[:n].tobytes() for c in _LEVEL_COLUMNS)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Portfolio:
         """Rebuilds a portfolio from :meth:`to_bytes` output.
 
+        A version 1 state (before exit levels) loads with no levels.
+
         Raises:
-            SchemaError: the bytes are not a portfolio state of this version.
+            SchemaError: the bytes are not a portfolio state of version 1 or 2.
         """
         try:
             state = msgspec.msgpack.decode(data, type=_State)
         except msgspec.DecodeError as exc:
             raise SchemaError(f"undecodable portfolio state: {exc}") from None
-        if state.version != _STATE_VERSION:
-            raise SchemaError(f"portfolio state version {state.version}, expected {_STATE_VERSION}")
+        if state.version not in (1, _STATE_VERSION):
+            raise SchemaError(f"portfolio state version {state.version}, expected 1 or {_STATE_VERSION}")
         n = len(state.keys)
+        levels = state.version >= 2
         columns = [*(getattr(state, c) for c in _FLOAT_COLUMNS), state.mark_ts_ns]
+        if levels:
+            columns += [getattr(state, c) for c in _LEVEL_COLUMNS]
+        elif any(getattr(state, c) for c in _LEVEL_COLUMNS):
+            raise SchemaError("portfolio state version 1 with exit levels")
         if any(len(col) != 8 * n for col in columns) or len(set(map(tuple, state.keys))) != n:
             raise SchemaError("portfolio state: columns do not match its keys")
         try:
@@ -486,6 +626,8 @@ class Portfolio:
         for name in _FLOAT_COLUMNS:
             getattr(portfolio, "_" + name)[:n] = np.frombuffer(getattr(state, name), np.float64)
         portfolio._mark_ts_ns[:n] = np.frombuffer(state.mark_ts_ns, np.int64)
+        for name in _LEVEL_COLUMNS if levels else ():
+            getattr(portfolio, "_" + name)[:n] = np.frombuffer(getattr(state, name), np.float64)
         portfolio.cash = state.cash
         portfolio.peak_equity = state.peak_equity
         portfolio.start_of_day_equity = state.start_of_day_equity
@@ -507,6 +649,18 @@ class Portfolio:
         portfolio._log.ids = dict(state.fill_ids)
         portfolio._ids = set(portfolio._log.ids.values())
         return portfolio
+
+
+def _priced(n: int, px, ts_ns, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Prices and times of ``n`` keys as checked arrays (a scalar broadcast to all)."""
+    try:
+        price = np.broadcast_to(np.asarray(px, np.float64), (n,))
+        ts = np.broadcast_to(np.asarray(ts_ns, np.int64), (n,))
+    except ValueError as exc:
+        raise ValidationError(f"{what} columns do not match {n} keys: {exc}") from None
+    _check_px(price, what)
+    _check_ts(ts)
+    return price, ts
 
 
 def _check_px(px: np.ndarray, what: str) -> None:

@@ -116,6 +116,8 @@ class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_risk_fraction: Annotated[float, msgspec.Meta(
         gt=0, le=1,
         description="Largest loss per trade if its stop is hit, as a fraction of equity (user filter).")] = 0.02
+    exits: Annotated[bool, msgspec.Meta(
+        description="Close a paper position at the first bar close beyond its stop-loss or take-profit.")] = True
 
     def __post_init__(self) -> None:
         if self.downsize_drawdown > self.max_drawdown:

@@ -1,12 +1,14 @@
 """The decision stage: feature vectors and the predictions made for them → signals.
 
 One object, used the same way live and in a replay, so that a replay of the same inputs gives the
-same signals. For the vectors of one call (one per series; the live worker and the backtest pass
-one at a time, in stream order), all at once: the paper portfolio is marked
-at the bars' closes, the `core.decision.DecisionEngine` votes (rules + forecast, anomaly veto,
-regime size), `core.risk` turns the action into ATR stops, risk-reward, Kelly and a position size
-within the limits, the paper portfolio takes the order as a fill, and one `core.schema.Signal`
-per vector records all of it with the evidence (contributions, top features, model versions).
+same signals. For the vectors of one call (one per series: a bar close as `core.closes.BarCloses`
+groups them, which the live worker and the backtest both use), all at once: the paper portfolio
+is marked at the bars' closes and positions whose stop-loss or take-profit the close crossed are
+closed, the `core.decision.DecisionEngine` votes (rules + forecast, anomaly veto, regime size),
+`core.risk` turns the action into ATR stops, risk-reward, Kelly and a position size within the
+limits, the paper portfolio takes the order as a fill (its stop and take-profit guard the
+position from then on), and one `core.schema.Signal` per vector records all of it with the
+evidence (contributions, top features, model versions).
 
 Each (venue, symbol, timeframe) is its own paper book (a 1m and a 1h signal on the same symbol
 do not trade one position).
@@ -30,6 +32,34 @@ __all__ = ["DecisionStage", "Feedback", "feedback_key", "Execution", "execution_
 
 _ACTIONS = {1: "BUY", -1: "SELL", 0: "HOLD"}
 _RULES = [s for s in SOURCES if s in RULE_FEATURES]
+
+
+def _dicts(keys: Sequence[str], present: np.ndarray, values: np.ndarray) -> list[dict[str, float]]:
+    """Per row, ``{key: value}`` over the keys ``present`` in that row, one pattern at a time."""
+    code = present.astype(np.int64) @ (1 << np.arange(present.shape[1], dtype=np.int64))
+    out: list = [None] * len(code)
+    for c in np.unique(code).tolist():
+        cols = [j for j in range(len(keys)) if c >> j & 1]
+        names = [keys[j] for j in cols]
+        rows = np.flatnonzero(code == c)
+        for i, row in zip(rows.tolist(), values[np.ix_(rows, cols)].tolist()):
+            out[i] = dict(zip(names, row))
+    return out
+
+
+def _evidence(predictions: Sequence[Mapping[str, Prediction]]) -> tuple[np.ndarray, ...]:
+    """Per vector, from its predictions: the forecast's P(up), mean and std at the first horizon
+    (NaN without one), the anomaly flag, and the regime label (1, normal, when unknown)."""
+    none = (np.nan, np.nan, np.nan)
+    forecast, flag, label = [], [], []
+    for p in predictions:  # plain lists: assigning into NumPy rows one by one costs more
+        f = p.get("forecast") if p else None
+        forecast.append(none if f is None else (_first(f, "P_UP"), _first(f, "MEAN"), _first(f, "STD")))
+        flag.append(_first(p.get("anomaly"), "FLAG", 0.0) if p else 0.0)
+        label.append(_first(p.get("regime"), "LABEL", 1.0) if p else 1.0)
+    fc = np.array(forecast, dtype=np.float64).reshape(len(predictions), 3)
+    regime = np.nan_to_num(np.array(label, dtype=np.float64), nan=1.0).astype(np.int64)
+    return fc[:, 0], fc[:, 1], fc[:, 2], np.array(flag, dtype=np.float64) > 0.5, regime
 
 
 def _first(p: Prediction | None, name: str, default: float = np.nan) -> float:
@@ -128,64 +158,103 @@ class DecisionStage:
         """
         if not vectors:
             return []
+        width = 8 * len(self.names)
         for v in vectors:
             if len(v.names) != len(self.names) or (v.names is not self.names and list(v.names) != self.names):
                 raise SchemaError(f"{v.venue}/{v.symbol}: feature layout differs from the decision stage's")
+            if len(v.values) != width:
+                raise SchemaError(f"{v.venue}/{v.symbol}: {len(v.values)} value bytes for {len(v.names)} names")
         keys = [(v.tf, v.venue, v.symbol) for v in vectors]
         books = [(v.venue, f"{v.symbol}/{v.tf}") for v in vectors]
         rows = self._row_ids(keys)
-        features = np.stack([v.array() for v in vectors])
+        features = np.frombuffer(b"".join([v.values for v in vectors]), dtype="<f8").reshape(len(vectors), -1)
         price = np.array([v.close for v in vectors], dtype=np.float64)
         ts = np.array([v.start_ns for v in vectors], dtype=np.int64)
-        fc = [p.get("forecast") for p in predictions]
-        p_up = np.array([_first(p, "P_UP") for p in fc])
-        anomaly = np.array([_first(p.get("anomaly"), "FLAG", 0.0) > 0.5 for p in predictions])
-        regime = np.array([int(_first(p.get("regime"), "LABEL", 1.0)) for p in predictions])
+        p_up, mean, std, anomaly, regime = _evidence(predictions)
+        pf = self.portfolio
         ok_px = np.isfinite(price) & (price > 0)
         if ok_px.any():
             sel = np.flatnonzero(ok_px)
-            self.portfolio.mark([books[i] for i in sel], price[sel], ts[sel])
-        d = self.engine.step(rows, features, price, p_up=np.where(np.isfinite(p_up), p_up, np.nan)
-                             if np.isfinite(p_up).any() else None, anomaly=anomaly, regime=regime)
+            priced = [books[i] for i in sel.tolist()]
+            pf.mark(priced, price[sel], ts[sel])
+            # Stops and take-profits crossed at this close exit first, so the decision below is
+            # sized against the book after them. The id ties an exit to this bar: once only.
+            ex = pf.exits(priced, price[sel], ts[sel]) if self.risk.exits else None
+            if ex is not None and ex.keys:
+                pf.apply_fills(ex.keys, ex.qty, ex.px, ex.ts_ns, "signal",
+                               ids=[f"exit.{sig_id(*keys[i], int(ts[i]))}" for i in sel[ex.index].tolist()])
+        d = self.engine.step(rows, features, price, p_up=p_up if np.isfinite(p_up).any() else None,
+                             anomaly=anomaly, regime=regime)
         stop, take = stops(d.action, price, features[:, self._atr], self.risk)
-        pf = self.portfolio
         z = size(d.action, d.confidence, price, stop, take, equity=pf.equity, drawdown=pf.drawdown,
                  daily_loss=pf.daily_loss, exposure=pf.gross_exposure,
                  position_notional=pf.position_notional(books), settings=self.risk)
         fraction, notional, qty = z.fraction * d.size_factor, z.notional * d.size_factor, z.qty * d.size_factor
         trade = np.flatnonzero(qty != 0)
         if trade.size:
-            pf.apply_fills([books[i] for i in trade], qty[trade], price[trade], ts[trade], "signal",
-                           ids=[sig_id(*keys[i], int(ts[i])) for i in trade])
-        return self._signals(vectors, predictions, d, z, fraction, notional, qty, stop, take, price, features)
+            traded = [books[i] for i in trade.tolist()]
+            pf.apply_fills(traded, qty[trade], price[trade], ts[trade], "signal",
+                           ids=[sig_id(*keys[i], int(ts[i])) for i in trade.tolist()])
+            # The newest signal's levels guard a position now on its side (opened, added to or
+            # flipped); an order that only cut an opposite position leaves that one's levels.
+            # size() trades only with finite levels on the right sides, so set_exits accepts them.
+            mine = np.flatnonzero(np.sign(pf.position_notional(traded)) == np.sign(qty[trade]))
+            if mine.size and self.risk.exits:
+                pf.set_exits([traded[j] for j in mine.tolist()], stop[trade[mine]], take[trade[mine]])
+        return self._signals(vectors, predictions, d, z, fraction, notional, qty, stop, take, price, features,
+                             mean, std)
 
     def _signals(self, vectors, predictions, d, z, fraction, notional, qty, stop, take, price,
-                 features) -> list[Signal]:
-        # Plain Python lists, zipped: indexing NumPy arrays element by element would cost more
-        # than everything else the stage does.
+                 features, mean, std) -> list[Signal]:
+        # Everything that can be is computed for all rows at once; what is left per row is
+        # building the dicts and the Signal from plain Python values (indexing NumPy arrays
+        # element by element would cost more than everything else the stage does).
+        n = len(vectors)
+        has = np.isfinite(d.votes)
+        contributions = _dicts(SOURCES, has, d.contributions)
+        # The features of the (up to) two strongest rules with a view, strongest first.
+        rule_cols = [SOURCES.index(r) for r in _RULES]
+        strength = np.where(has[:, rule_cols], np.abs(d.contributions[:, rule_cols]), -1.0)
+        order = np.argsort(-strength, axis=1, kind="stable")[:, :2]
+        ranked = np.take_along_axis(strength, order, axis=1) >= 0
+        top_rules = np.where(ranked, order, -1)  # -1: fewer than two rules had a view
+        tops = self._top_features(top_rules, features)
+        # The engine's veto, else the risk rules' when they kept a BUY/SELL at size 0.
+        veto = np.where(d.veto != 0, d.veto, -1)
+        veto_names = [VETO_REASONS[v] if v >= 0 else (VETO_NAMES[zv] if a and zv else "")
+                      for v, zv, a in zip(veto.tolist(), z.veto.tolist(), d.action.tolist())]
+        calibrated = d.calibrated
         rows = zip(vectors, predictions, d.action.tolist(), d.confidence.tolist(), d.score.tolist(),
                    z.risk_reward.tolist(), z.expected_value.tolist(), z.kelly.tolist(), fraction.tolist(),
-                   notional.tolist(), qty.tolist(), stop.tolist(), take.tolist(), price.tolist(), z.veto.tolist(),
-                   d.veto.tolist(), np.isfinite(d.votes).tolist(), d.contributions.tolist(),
-                   features[:, self._rule_cols].tolist())
-        out = []
-        calibrated = d.calibrated
-        for (v, preds, action, conf, score, rr, ev, kel, frac, notion, q, sl, tp, px, zveto, dveto, has, contribs,
-             rule_values) in rows:
-            contrib = {s: c for s, c, h in zip(SOURCES, contribs, has) if h}
-            strongest = sorted((s for s in _RULES if s in contrib), key=lambda s: -abs(contrib[s]))[:2]
-            top = {n: rule_values[self._rule_index[n]] for s in strongest for n in RULE_FEATURES[s]}
-            # The engine's veto, else the risk rules' when they kept a BUY/SELL at size 0.
-            veto = VETO_REASONS[dveto] or (VETO_NAMES[zveto] if action and zveto else "")
-            fc = preds.get("forecast")
-            out.append(Signal(
+                   notional.tolist(), qty.tolist(), stop.tolist(), take.tolist(), price.tolist(), veto_names,
+                   contributions, tops, mean.tolist(), std.tolist())
+        out = [None] * n
+        for i, (v, preds, action, conf, score, rr, ev, kel, frac, notion, q, sl, tp, px, vet, contrib, top, mu,
+                sd) in enumerate(rows):
+            out[i] = Signal(
                 id=sig_id(v.tf, v.venue, v.symbol, v.start_ns), venue=v.venue, symbol=v.symbol, tf=v.tf,
                 start_ns=v.start_ns, action=_ACTIONS[action], price=px, confidence=conf, score=score,
-                expected_return=_first(fc, "MEAN"), uncertainty=_first(fc, "STD"), risk_reward=rr,
-                expected_value=ev, kelly_fraction=kel, position_fraction=frac, position_size=notion, qty=q,
-                stop_loss=sl, take_profit=tp, contributions=contrib, top_features=top,
-                model_versions={m: p.version for m, p in preds.items()},
-                degraded=any(p.degraded for p in preds.values()), veto=veto, calibrated=calibrated))
+                expected_return=mu, uncertainty=sd, risk_reward=rr, expected_value=ev, kelly_fraction=kel,
+                position_fraction=frac, position_size=notion, qty=q, stop_loss=sl, take_profit=tp,
+                contributions=contrib, top_features=top,
+                model_versions={m: p.version for m, p in preds.items()} if preds else {},
+                degraded=any(p.degraded for p in preds.values()) if preds else False, veto=vet,
+                calibrated=calibrated)
+        return out
+
+    def _top_features(self, top_rules: np.ndarray, features: np.ndarray) -> list[dict[str, float]]:
+        """Per row, the values of the features behind its strongest rules (``top_rules``: (n, 2)
+        indices into the rules, -1 for none), one gather per distinct pair of rules."""
+        n_rules = len(_RULES)
+        pair = (top_rules[:, 0] + 1) * (n_rules + 1) + (top_rules[:, 1] + 1)
+        out: list = [None] * len(pair)
+        for code in np.unique(pair).tolist():
+            first, second = divmod(code, n_rules + 1)
+            names = [f for r in (first - 1, second - 1) if r >= 0 for f in RULE_FEATURES[_RULES[r]]]
+            rows = np.flatnonzero(pair == code)
+            cols = [self.names.index(f) for f in names]
+            for i, values in zip(rows.tolist(), features[np.ix_(rows, cols)].tolist()):
+                out[i] = dict(zip(names, values))
         return out
 
     def feedback(self, fb: Feedback) -> bool:

@@ -502,7 +502,8 @@ async def test_portfolio_is_the_paper_book_the_worker_published(api: ApiStack):
     assert got["equity"] == pytest.approx(100_000.0 + 1000 * 1e-6) and got["n_fills"] == 1
     assert got["positions"] == [{"venue": "binance", "symbol": "ADA-BTC", "timeframe": "1m", "qty": 1000.0,
                                  "avg_px": 2.5e-5, "last_px": 2.6e-5, "unrealized": pytest.approx(1000 * 1e-6),
-                                 "realized": 0.0, "exposure": pytest.approx(0.026)}]
+                                 "realized": 0.0, "exposure": pytest.approx(0.026), "stop_px": None,
+                                 "take_px": None}]
 
 
 async def test_executions_are_handed_to_the_workers(api: ApiStack):

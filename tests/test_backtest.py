@@ -1,5 +1,6 @@
 """`tickmesh backtest`: a bar file through the live decision stage with the served models run in
-process; history read back from ClickHouse replays to the very same signals; baselines."""
+process; history read back from ClickHouse replays to the very same signals; baselines; a fitted
+confidence calibration right as often as it says on held-out signals, and its file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from core.backtest import LocalModels, compare, file_inputs, run, _stored_inputs
+from core.backtest import LocalModels, compare, file_inputs, fit_split, outcomes, reliability, run, _stored_inputs
+from core.cli import main
 from core.config import Config, StoreConfig
+from core.decision import Calibration
 from core.signals import DecisionStage
 from core.store import Store
-from core.schema import Bar
+from core.schema import Bar, Signal
 from tests.conftest import shared_file
 
 GOOG = "bars/goog_daily_2004-2013.csv"
@@ -67,3 +70,87 @@ def test_history_from_clickhouse_replays_to_the_same_signals(tmp_path, goog):
     live, _ = run(vectors, preds, DecisionStage(vectors[0].names))
     replayed, _ = run(stored_vectors, stored_preds, DecisionStage(stored_vectors[0].names))
     assert [msgspec.msgpack.encode(s) for s in replayed] == [msgspec.msgpack.encode(s) for s in live]
+
+
+def synthetic_signals(n: int, seed: int) -> list[Signal]:
+    """One series of BUY/SELL signals whose next bar moves their way with a known probability,
+    q(|S|) = 0.35 + 0.5 |S|² (below 0.5 for weak votes), plus HOLDs, anomaly-vetoed strong
+    votes (HOLD as well) and bars that do not move, which must not count."""
+    rng = np.random.default_rng(seed)
+    strength = rng.uniform(0.15, 1.0, n)
+    side = rng.choice([-1, 1], n)
+    kind = rng.uniform(0, 1, n)
+    action = np.where(kind < 0.1, 0, side)  # 10 % HOLD, strong or weak alike (the anomaly veto)
+    score = np.where(kind < 0.05, 0.05 * side, strength * side)
+    right = rng.uniform(0, 1, n) < 0.35 + 0.5 * strength ** 2
+    move = np.where(action != 0, np.where(right, action, -action), side) * 0.001
+    move[rng.uniform(0, 1, n) < 0.03] = 0.0  # flat next bar: not scored
+    price = 100.0 * np.exp(np.concatenate([[0.0], np.cumsum(move[:-1])]))
+    names = {1: "BUY", -1: "SELL", 0: "HOLD"}
+    return [Signal(id=str(i), venue="syn", symbol="X", tf="1m", start_ns=i * 60 * 10**9, action=names[a], price=p,
+                   confidence=50 + 50 * abs(s), score=s, expected_return=np.nan, uncertainty=np.nan,
+                   risk_reward=np.nan, expected_value=np.nan, kelly_fraction=0, position_fraction=0,
+                   position_size=0, qty=0, stop_loss=np.nan, take_profit=np.nan, contributions={},
+                   top_features={}, model_versions={})
+            for i, (a, p, s) in enumerate(zip(action.tolist(), price.tolist(), score.tolist()))]
+
+
+def beyond_chance(table, n_fit_per_signal: float) -> list[float]:
+    """Per bin, |stated − right| over the 4σ it may reach by chance: the held-out hit rate's
+    binomial error and that of the fitted rate (the fit saw about ``n_fit_per_signal`` as many
+    signals of each bin). A calibrated table has every value below 1."""
+    out = []
+    for b in table:
+        p = b.stated / 100
+        sigma = 100 * np.sqrt(p * (1 - p) * (1 + 1 / n_fit_per_signal) / b.signals)
+        out.append(abs(b.stated - b.right) / (4 * sigma))
+    return out
+
+
+def test_a_fitted_calibration_is_right_as_often_as_it_says_on_held_out_signals():
+    signals = synthetic_signals(60_000, seed=3)
+    cal, fitted, held_out = fit_split(signals, holdout=0.5)
+    action, nxt, scored = outcomes(signals)
+    # Only scored BUY/SELL signals, the first half of them fitted, the second half held out.
+    assert set(fitted) | set(held_out) == set(np.flatnonzero(scored)) and fitted.max() < held_out.min()
+    assert len(fitted) == int(scored.sum() * 0.5) and len(cal.hit_rate) == 10
+    right = action[held_out] == nxt[held_out]
+    strength = np.abs([signals[i].score for i in held_out])
+    calibrated = reliability(cal(strength) * 100, right)
+    assert sum(b.signals for b in calibrated) == len(held_out)
+    assert max(beyond_chance(calibrated, 1.0)) < 1, calibrated
+    # The same check has the power to fail: the uncalibrated 50 + 50|S| and a table fitted on
+    # the opposite outcomes are far outside it.
+    assert max(beyond_chance(reliability(50 + 50 * strength, right), 1.0)) > 3
+    wrong = Calibration.fit(strength, ~right)
+    assert max(beyond_chance(reliability(wrong(strength) * 100, right), 1.0)) > 3
+
+
+def test_cli_fits_a_calibration_file_that_the_stage_then_uses(tmp_path, capsys):
+    bars, out = str(shared_file(GOOG)), tmp_path / "goog.json"
+    assert main(["backtest", "--bars", bars, "--no-models", "--fit-calibration", str(out), "--holdout", "0.4"]) == 0
+    printed = capsys.readouterr()
+    assert "held-out reliability" in printed.out and "calibrated: mean |stated - right|" in printed.out
+    assert "replaying" in printed.err  # progress on stderr
+    cal = Calibration.load(out)
+    p = cal.provenance
+    assert p.data == bars and p.tf == "1d" and p.holdout == 0.4 and "--fit-calibration" in p.command
+    vectors, preds = file_inputs(bars, None)
+    plain, _ = run(vectors, preds, DecisionStage(vectors[0].names))
+    _, _, scored = outcomes(plain)
+    assert p.signals == int(scored.sum() * 0.6) and p.start_ns < p.end_ns
+    signals, _ = run(vectors, preds, DecisionStage(vectors[0].names, calibration=cal))
+    assert all(s.calibrated for s in signals) and not any(s.calibrated for s in plain)
+    assert {round(s.confidence, 9) for s in signals} <= {round(100 * h, 9) for h in cal.hit_rate}
+    assert [s.action for s in signals] == [s.action for s in plain]  # confidence moves, actions do not
+    assert main(["backtest", "--bars", bars, "--no-models", "--calibration", str(out)]) == 0
+    assert "confidence calibration (strategy)" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_bad_calibration_file_or_holdout(tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert main(["backtest", "--bars", str(shared_file(GOOG)), "--calibration", str(missing)]) == 2
+    assert f"calibration file not found: {missing}" in capsys.readouterr().err
+    assert main(["backtest", "--bars", str(shared_file(GOOG)), "--no-models", "--fit-calibration",
+                 str(tmp_path / "x.json"), "--holdout", "1"]) == 2
+    assert "holdout must be in [0, 1)" in capsys.readouterr().err

@@ -1,13 +1,14 @@
 """The decision engine: each rule, the weighted vote, the documented weight update (hand-computed),
-vetoes, calibration, and a replay of real bars that resumes from a snapshot identically."""
+vetoes, calibration (and its file), and a replay of real bars that resumes from a snapshot identically."""
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
-from core.decision import (BUY, HOLD, SELL, SOURCES, VETO_REASONS, Calibration, DecisionEngine,
-                           DecisionSettings)
+from core.decision import (BUY, HOLD, SELL, SOURCES, VETO_REASONS, Calibration, CalibrationProvenance,
+                           DecisionEngine, DecisionSettings)
 from core.errors import ConfigError
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
@@ -158,3 +159,35 @@ def test_many_rows_at_once_vote_as_each_alone(eurusd):
     together = eng.votes(values[sel], close[sel])
     alone = np.vstack([eng.votes(values[i:i + 1], close[i:i + 1]) for i in sel])
     np.testing.assert_array_equal(together, alone)
+
+
+def test_calibration_file_round_trip_keeps_the_table_and_its_provenance(tmp_path):
+    rng = np.random.default_rng(1)
+    strength = rng.uniform(0.15, 1, 2_000)
+    cal = Calibration.fit(strength, rng.uniform(0, 1, 2_000) < 0.4 + 0.3 * strength)
+    cal = msgspec.structs.replace(cal, provenance=CalibrationProvenance(
+        data="bars/eurusd_1h_2017-2018.csv", tf="1h", start_ns=1, end_ns=2, signals=2_000, holdout=0.5,
+        fitted_at="2026-11-26T00:00:00+00:00", command="tickmesh backtest --fit-calibration cal.json"))
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    back = Calibration.load(path)
+    assert back == cal
+    np.testing.assert_array_equal(back(strength), cal(strength))  # floats survive JSON exactly
+    assert Calibration.load(path).provenance.signals == 2_000
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, "not found"),
+    (b"{not json", "is not a calibration"),
+    (b'{"edges": [0.1, 0.2]}', "is not a calibration"),  # required fields missing
+    (b'{"edges": [0.1, 0.2, 0.3], "hit_rate": [0.5], "counts": [10]}', "one hit rate"),  # ragged
+    (b'{"edges": [0.2, 0.1], "hit_rate": [0.5], "counts": [10]}', "increasing edges"),
+    (b'{"edges": [0.1, 0.2], "hit_rate": [1.5], "counts": [10]}', r"in \[0, 1\]"),
+])
+def test_a_bad_calibration_file_is_a_config_error_naming_it(tmp_path, text, match):
+    path = tmp_path / "cal.json"
+    if text is not None:
+        path.write_bytes(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        Calibration.load(path)
+    assert str(path) in str(info.value)

@@ -197,7 +197,7 @@ def test_snapshot_round_trip_and_continuation():
     assert set(snap) >= {"equity", "cash", "realized", "unrealized", "gross_exposure", "net_exposure",
                          "drawdown", "daily_loss", "positions"}
     assert set(snap["positions"][0]) == {"venue", "symbol", "qty", "avg_px", "last_px", "unrealized", "realized",
-                                         "exposure"}
+                                         "exposure", "stop_px", "take_px"}
     assert msgspec.json.decode(msgspec.json.encode(snap)) == snap  # JSON-ready
     # Both continue identically, ids remembered across the restart.
     for book in (p, q):
@@ -281,3 +281,183 @@ def test_portfolio_figures_feed_risk_sizing():
     p.apply_fills(keys, z.qty, px, T0 + 1, "signal")
     assert p.gross_exposure == pytest.approx(20_000.0)
     assert isinstance(p.fills[-1], Fill)
+
+
+# --- exits ------------------------------------------------------------------------------------
+NAN = float("nan")
+
+
+def levels(p: Portfolio, key) -> tuple:
+    row = position(p, key)
+    return row["stop_px"], row["take_px"]
+
+
+def book_with_levels() -> Portfolio:
+    """Long 2 BTC @ 100 (stop 95, take 110), short 10 ETH @ 20 (stop 22, take 17), long 5 SOL @ 10
+    without levels."""
+    p = Portfolio(100_000.0)
+    p.apply_fills([BTC, ETH, SOL], [2.0, -10.0, 5.0], [100.0, 20.0, 10.0], T0, "signal")
+    assert p.set_exits([BTC, ETH, SOL], [95.0, 22.0, NAN], [110.0, 17.0, NAN]) == 3
+    return p
+
+
+def test_exits_long_and_short_by_hand():
+    p = book_with_levels()
+    assert (levels(p, BTC), levels(p, ETH), levels(p, SOL)) == ((95.0, 110.0), (22.0, 17.0), (None, None))
+    state = p.to_bytes()
+    # Inside the levels, or no levels at all (SOL at 1, far below its entry): nothing.
+    none = p.exits([BTC, ETH, SOL], [95.01, 21.99, 1.0], T0 + HOUR)
+    assert none.keys == [] and none.qty.shape == (0,) and none.reason == []
+    # Long: the stop is hit at the level itself and below it; the take at and above it.
+    for px, reason in ((95.0, "stop_loss"), (90.0, "stop_loss"), (110.0, "take_profit"), (111.0, "take_profit")):
+        ex = p.exits([BTC], [px], T0 + HOUR)
+        assert (ex.keys, ex.qty.tolist(), ex.px.tolist(), ex.reason) == ([BTC], [-2.0], [px], [reason])
+    # Short: the stop is above, the take below; the closing order buys the 10 back.
+    for px, reason in ((22.0, "stop_loss"), (25.0, "stop_loss"), (17.0, "take_profit"), (16.5, "take_profit")):
+        ex = p.exits([ETH], [px], T0 + HOUR)
+        assert (ex.keys, ex.qty.tolist(), ex.px.tolist(), ex.reason) == ([ETH], [10.0], [px], [reason])
+    # Several keys at once: the orders come in query order, with their index in the query.
+    ex = p.exits([SOL, ETH, BTC], [1.0, 16.0, 90.0], [T0 + HOUR, T0 + HOUR, T0 + 2 * HOUR])
+    assert ex.index.tolist() == [1, 2] and ex.keys == [ETH, BTC] and ex.reason == ["take_profit", "stop_loss"]
+    assert ex.ts_ns.tolist() == [T0 + HOUR, T0 + 2 * HOUR]
+    assert p.to_bytes() == state  # a query changes nothing
+    # Applied as fills: BTC closes at 90, 2 * (90 - 100) = -20; ETH at 16, 10 * (20 - 16) = +40.
+    ids = [f"exit.{k[1]}.{t}" for k, t in zip(ex.keys, ex.ts_ns.tolist())]
+    assert p.apply_fills(ex.keys, ex.qty, ex.px, ex.ts_ns, "signal", ids=ids) == 2
+    assert (position(p, BTC)["qty"], position(p, BTC)["realized"]) == (0.0, -20.0)
+    assert (position(p, ETH)["qty"], position(p, ETH)["realized"]) == (0.0, 40.0)
+    # Flat positions lose their levels and exit no more; the same exits replayed count once.
+    assert levels(p, BTC) == levels(p, ETH) == (None, None)
+    assert p.exits([BTC, ETH], [1.0, 1_000.0], T0 + 3 * HOUR).keys == []
+    assert p.apply_fills(ex.keys, ex.qty, ex.px, ex.ts_ns, "signal", ids=ids) == 0
+    assert_books_balance(p)
+
+
+def test_exit_levels_follow_the_position():
+    p = book_with_levels()
+    # Adding keeps the levels (the portfolio does not invent any); the caller's newest replace them.
+    p.apply_fills([BTC], [1.0], [104.0], T0 + 1, "signal")
+    assert levels(p, BTC) == (95.0, 110.0)
+    assert p.set_exits([BTC], [99.0], [115.0]) == 1 and levels(p, BTC) == (99.0, 115.0)
+    # Reducing keeps them too.
+    p.apply_fills([BTC], [-1.0], [105.0], T0 + 2, "execution")
+    assert position(p, BTC)["qty"] == 2.0 and levels(p, BTC) == (99.0, 115.0)
+    # A flip drops them: 101 would be a long's take-profit level misread as a short's stop.
+    p.apply_fills([BTC], [-5.0], [105.0], T0 + 3, "signal")
+    assert position(p, BTC)["qty"] == -3.0 and levels(p, BTC) == (None, None)
+    assert p.exits([BTC], [120.0], T0 + 4).keys == []
+    # The flip's signal sets the short's levels; NaN sets none (a take-profit only here).
+    assert p.set_exits([BTC], [NAN], [98.0]) == 1 and levels(p, BTC) == (None, 98.0)
+    assert p.exits([BTC], [98.0], T0 + 4).reason == ["take_profit"]
+    # Flat and unknown keys take no levels (they would guard the next position, either side).
+    p.apply_fills([ETH], [10.0], [19.0], T0 + 5, "signal")
+    assert p.set_exits([ETH, ("x", "NEW-USD")], [18.0, 1.0], [25.0, 2.0]) == 0
+    assert levels(p, ETH) == (None, None) and p.keys == [BTC, ETH, SOL]
+    # Of several entries for one key the last wins.
+    assert p.set_exits([SOL, SOL], [9.0, 8.0], [12.0, 13.0]) == 1 and levels(p, SOL) == (8.0, 13.0)
+
+
+def test_exits_use_the_earliest_crossing_and_ignore_stale_prices():
+    p = book_with_levels()
+    p.mark([BTC], [101.0], T0 + 10 * HOUR)
+    # Several prices of one key: one order, at the earliest crossing (not the deepest).
+    ex = p.exits([BTC, BTC, BTC, BTC], [94.0, 90.0, 112.0, 100.0],
+                 [T0 + 13 * HOUR, T0 + 14 * HOUR, T0 + 12 * HOUR, T0 + 11 * HOUR])
+    assert (ex.index.tolist(), ex.px.tolist(), ex.reason) == ([2], [112.0], ["take_profit"])
+    # Equal times: the first given.
+    assert p.exits([BTC, BTC], [90.0, 120.0], T0 + 11 * HOUR).px.tolist() == [90.0]
+    # A price older than the key's newest event (the 10h mark) says nothing about the position now.
+    assert p.exits([BTC], [90.0], T0 + 9 * HOUR).keys == []
+    assert p.exits([BTC], [90.0], T0 + 10 * HOUR).keys == [BTC]
+
+
+def test_exits_bad_input_changes_nothing():
+    p = book_with_levels()
+    state = p.to_bytes()
+    for call in (
+        lambda: p.set_exits([BTC, ETH], [95.0, 22.0, 1.0], [110.0]),
+        lambda: p.set_exits([BTC], [np.inf], [110.0]),
+        lambda: p.set_exits([BTC], [0.0], [110.0]),
+        lambda: p.set_exits([BTC], [95.0], [-1.0]),
+        lambda: p.set_exits([BTC], [111.0], [110.0]),  # a long's stop above its take-profit
+        lambda: p.set_exits([SOL, ETH], [9.0, 17.0], [12.0, 22.0]),  # a short's levels swapped
+        lambda: p.set_exits([BTC], [110.0], [110.0]),
+        lambda: p.exits([BTC, ETH], [100.0, 20.0, 1.0], T0),
+        lambda: p.exits([BTC], [np.nan], T0),
+        lambda: p.exits([BTC], [0.0], T0),
+        lambda: p.exits([BTC], [100.0], -1),
+    ):
+        with pytest.raises(ValidationError):
+            call()
+    assert p.to_bytes() == state
+
+
+def test_exit_levels_round_trip_and_version_1_state_loads():
+    p = book_with_levels()
+    q = Portfolio.from_bytes(p.to_bytes())
+    assert q.snapshot() == p.snapshot() and q.to_bytes() == p.to_bytes()
+    assert (levels(q, BTC), levels(q, ETH), levels(q, SOL)) == ((95.0, 110.0), (22.0, 17.0), (None, None))
+    assert msgspec.json.decode(msgspec.json.encode(q.snapshot())) == q.snapshot()  # None, not NaN, in JSON
+    for book in (p, q):
+        assert book.exits([BTC, ETH], [94.0, 23.0], T0 + 1).reason == ["stop_loss", "stop_loss"]
+    # Written by the version 1 code: long 2 BTC @ 100 and short 10 ETH @ 20 from T0 ("a", "b"),
+    # both marked an hour later at 104 and 19.
+    v1 = bytes.fromhex(
+        "dc001301cb40c3880000000000cb40c3880000000000cb40c3910000000000cb40c3880000000000cd4fea9292a66b72616b"
+        "656ea74254432d55534492a66b72616b656ea74554482d555344c410000000000000004000000000000024c0c41000000000"
+        "000059400000000000003440c41000000000000000000000000000000000c4100000000000005a400000000000003340c410"
+        "00a0ee63eaaf871800a0ee63eaaf8718c41000003633a4ac871800003633a4ac8718c41000000000000000000100000000000"
+        "000c410000000000000004000000000000024c0c41000000000000059400000000000003440c410000000000000000000000"
+        "00000000000c4020000929200a1619201a162")
+    old = Portfolio.from_bytes(v1)
+    assert (old.equity, old.unrealized, old.n_fills) == (10_018.0, 18.0, 2)
+    assert levels(old, BTC) == levels(old, ETH) == (None, None)
+    assert old.exits([BTC, ETH], [1.0, 1_000.0], T0 + 2 * HOUR).keys == []
+    assert old.apply_fills([BTC], [1.0], [100.0], T0, "signal", ids=["a"]) == 0  # its ids came along
+    assert old.set_exits([BTC], [103.0], [108.0]) == 1
+    assert Portfolio.from_bytes(old.to_bytes()).exits([BTC], [103.0], T0 + 2 * HOUR).reason == ["stop_loss"]
+    # Level columns that do not match the keys, or in a version 1 state, are rejected.
+    bad = msgspec.msgpack.decode(p.to_bytes())
+    bad[-1] = bad[-1][:-8]
+    with pytest.raises(SchemaError):
+        Portfolio.from_bytes(msgspec.msgpack.encode(bad))
+    bad = msgspec.msgpack.decode(p.to_bytes())
+    bad[0] = 1
+    with pytest.raises(SchemaError):
+        Portfolio.from_bytes(msgspec.msgpack.encode(bad))
+
+
+def test_vectorized_exits_equal_one_key_at_a_time():
+    rng = np.random.default_rng(5)
+    keys = [(("kraken", "binance")[i % 2], f"S{i}-USD") for i in range(300)]
+    p = Portfolio(1e7)
+    entry_px = rng.uniform(1, 500, len(keys))
+    qty = rng.choice([-1.0, 0.0, 1.0], len(keys)) * rng.integers(1, 20, len(keys))
+    held = np.flatnonzero(qty)
+    p.apply_fills([keys[i] for i in held], qty[held], entry_px[held], T0, "signal")
+    direction = np.sign(qty)
+    stop = entry_px * (1 - direction * rng.uniform(0.01, 0.1, len(keys)))
+    take = entry_px * (1 + direction * rng.uniform(0.01, 0.1, len(keys)))
+    stop[rng.random(len(keys)) < 0.2] = np.nan
+    take[rng.random(len(keys)) < 0.2] = np.nan
+    stop[qty == 0] = take[qty == 0] = np.nan  # flat keys take none anyway
+    assert p.set_exits(keys, stop, take) == held.shape[0]
+    # 600 prices over 300 keys and a few unknown ones: repeats, crossings both ways, equal times.
+    idx = rng.integers(0, len(keys) + 5, 600)
+    query = [keys[i] if i < len(keys) else ("x", f"U{i}") for i in idx]
+    px = np.where(idx < len(keys), entry_px[np.minimum(idx, len(keys) - 1)], 1.0) * rng.uniform(0.85, 1.15, 600)
+    ts = T0 + rng.integers(0, 4, 600) * HOUR
+    batch = p.exits(query, px, ts)
+    assert 50 < len(batch.keys) <= held.shape[0] and {"stop_loss", "take_profit"} == set(batch.reason)
+    # One key at a time, its prices in time order (equal times: as given), the first crossing wins.
+    single = []
+    for key in dict.fromkeys(query):
+        at = [i for i in range(600) if query[i] == key]
+        for i in sorted(at, key=lambda i: (ts[i], i)):
+            ex = p.exits([key], [px[i]], ts[i])
+            if ex.keys:
+                single.append((i, key, ex.qty[0], ex.px[0], ex.ts_ns[0], ex.reason[0]))
+                break
+    single.sort()
+    assert list(zip(batch.index.tolist(), batch.keys, batch.qty.tolist(), batch.px.tolist(), batch.ts_ns.tolist(),
+                    batch.reason)) == single

@@ -66,7 +66,8 @@ def test_signals_are_consistent_and_the_paper_book_follows(vectors):
             assert s.veto  # a view without a position says why
     assert any(s.degraded for s in signals) and not all(s.degraded for s in signals)
     fills = stage.portfolio.fills
-    assert len(fills) == len(trades) and all(f.source == "signal" for f in fills)
+    assert len([f for f in fills if not f.id.startswith("exit.")]) == len(trades)
+    assert all(f.source == "signal" for f in fills)
     assert stage.portfolio.snapshot()["equity"] != risk.equity_start  # marked to market along the way
 
 
@@ -79,3 +80,36 @@ def test_replay_resumed_from_a_snapshot_equals_the_uninterrupted_one(vectors):
     part2 = run(second, vectors, 600, len(vectors))
     # Compared as encoded bytes: NaN fields (no stop while ATR warms up) are equal there.
     assert [msgspec.msgpack.encode(x) for x in part1 + part2] == [msgspec.msgpack.encode(x) for x in whole]
+
+
+def test_stops_and_take_profits_close_positions_on_real_bars(vectors):
+    stage = DecisionStage(vectors[0].names)
+    signals = run(stage, vectors, 0, len(vectors))
+    fills = {f.id: f for f in stage.portfolio.fills}
+    exits = [f for f in fills.values() if f.id.startswith("exit.")]
+    # Follow the book bar by bar with the rule written out: at each close, first a position whose
+    # level the close crossed is closed whole at the close, then the signal trades; a signal whose
+    # fill leaves the position on its side sets the levels, a close or a flip drops them.
+    qty, stop, take = 0.0, math.nan, math.nan
+    reasons = []
+    for s in signals:
+        crossed_stop = (qty > 0 and s.price <= stop) or (qty < 0 and s.price >= stop)
+        crossed_take = (qty > 0 and s.price >= take) or (qty < 0 and s.price <= take)
+        exit_fill = fills.get("exit." + s.id)
+        assert (exit_fill is not None) == (crossed_stop or crossed_take), s.id
+        if exit_fill is not None:
+            assert (exit_fill.qty, exit_fill.px, exit_fill.ts_ns) == (-qty, s.price, s.start_ns)
+            reasons.append("stop_loss" if crossed_stop else "take_profit")
+            qty, stop, take = 0.0, math.nan, math.nan
+        if s.qty:
+            before, qty = qty, qty + fills[s.id].qty
+            if abs(qty) <= 1e-12 * abs(before):  # the portfolio's dust rule
+                qty = 0.0
+            if qty == 0 or np.sign(qty) != np.sign(before):
+                stop = take = math.nan
+            if qty and np.sign(qty) == np.sign(s.qty):
+                stop, take = s.stop_loss, s.take_profit
+    assert len(exits) == len(reasons) and {"stop_loss", "take_profit"} <= set(reasons)
+    book = stage.portfolio.positions()[0]
+    assert book["qty"] == pytest.approx(qty, abs=1e-9)
+    assert (book["stop_px"], book["take_px"]) == ((None, None) if qty == 0 or math.isnan(stop) else (stop, take))
