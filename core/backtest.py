@@ -150,6 +150,8 @@ class Report(msgspec.Struct, kw_only=True):
     calibration: list[tuple[float, float, int, float]] = []
     # Why views did not become positions: veto name -> signals.
     vetoes: dict[str, int] = {}
+    # Positions the paper book closed at their stop-loss / take-profit: reason -> fills.
+    exits: dict[str, int] = {}
 
 
 def run(vectors: Sequence[FeatureVector], predictions: Sequence[dict[str, Prediction]],
@@ -204,7 +206,8 @@ def report(name: str, signals: Sequence[Signal], equity: np.ndarray, stage: Deci
                   fills=len(fills), pnl=float(eq[-1] - start), total_return=float(eq[-1] / start - 1),
                   sharpe=sharpe, max_drawdown=float((1 - eq / peak).max()), turnover=traded / float(eq.mean()),
                   by_source=by_source, calibration=calibration,
-                  vetoes=dict(Counter(s.veto for s in signals if s.veto)))
+                  vetoes=dict(Counter(s.veto for s in signals if s.veto)),
+                  exits=dict(Counter(f.id.split(".")[1] for f in fills if f.id.startswith("exit."))))
 
 
 class _RandomEngine(DecisionEngine):
@@ -420,6 +423,9 @@ def _table(reports: Sequence[Report]) -> str:
                      f"{r.sharpe:>7.2f} {r.max_drawdown:>7.2%} {r.turnover:>8.2f}")
     if reports[0].vetoes:
         lines.append("vetoes (strategy): " + ", ".join(f"{k} {v}" for k, v in sorted(reports[0].vetoes.items())))
+    if reports[0].exits:
+        lines.append("exits (strategy): " + ", ".join(f"{k} {v}" for k, v in sorted(reports[0].exits.items()))
+                     + f" of {reports[0].fills} fills")
     if reports[0].calibration:
         lines.append("confidence calibration (strategy): " + ", ".join(
             f"{lo:.0f}-{hi:.0f}: right {hit:.3f} of {n}" for lo, hi, n, hit in reports[0].calibration))

@@ -178,11 +178,13 @@ class DecisionStage:
             priced = [books[i] for i in sel.tolist()]
             pf.mark(priced, price[sel], ts[sel])
             # Stops and take-profits crossed at this close exit first, so the decision below is
-            # sized against the book after them. The id ties an exit to this bar: once only.
+            # sized against the book after them. The id ties an exit to this bar (once only) and
+            # says why: exit.<stop_loss|take_profit>.<signal id>.
             ex = pf.exits(priced, price[sel], ts[sel]) if self.risk.exits else None
             if ex is not None and ex.keys:
                 pf.apply_fills(ex.keys, ex.qty, ex.px, ex.ts_ns, "signal",
-                               ids=[f"exit.{sig_id(*keys[i], int(ts[i]))}" for i in sel[ex.index].tolist()])
+                               ids=[f"exit.{why}.{sig_id(*keys[i], int(ts[i]))}"
+                                    for i, why in zip(sel[ex.index].tolist(), ex.reason)])
         d = self.engine.step(rows, features, price, p_up=p_up if np.isfinite(p_up).any() else None,
                              anomaly=anomaly, regime=regime)
         stop, take = stops(d.action, price, features[:, self._atr], self.risk)

@@ -46,6 +46,8 @@ def test_compare_reports_the_strategy_and_its_baselines(goog):
     assert 0 <= strategy.max_drawdown < 1 and 0 <= strategy.hit_rate <= 1
     assert rnd.signals > 0 and abs(rnd.buys / rnd.bars - strategy.buys / strategy.bars) < 0.05  # same frequencies
     assert capped.sells == 0 and capped.total_return > 0  # GOOG rose 2004-2013
+    # Buy-and-hold holds: no stop-loss or take-profit exits, unlike the strategy and random signals.
+    assert capped.exits == {} and capped.turnover < 1 and rnd.exits
     close = np.array([v.close for v in vectors])
     assert full.total_return == pytest.approx(close[-1] / close[0] - 1)
     assert set(strategy.by_source) >= {"trend", "momentum", "forecast"}

@@ -95,11 +95,12 @@ def test_stops_and_take_profits_close_positions_on_real_bars(vectors):
     for s in signals:
         crossed_stop = (qty > 0 and s.price <= stop) or (qty < 0 and s.price >= stop)
         crossed_take = (qty > 0 and s.price >= take) or (qty < 0 and s.price <= take)
-        exit_fill = fills.get("exit." + s.id)
+        reason = "stop_loss" if crossed_stop else "take_profit"
+        exit_fill = fills.get(f"exit.{reason}.{s.id}")
         assert (exit_fill is not None) == (crossed_stop or crossed_take), s.id
         if exit_fill is not None:
             assert (exit_fill.qty, exit_fill.px, exit_fill.ts_ns) == (-qty, s.price, s.start_ns)
-            reasons.append("stop_loss" if crossed_stop else "take_profit")
+            reasons.append(reason)
             qty, stop, take = 0.0, math.nan, math.nan
         if s.qty:
             before, qty = qty, qty + fills[s.id].qty
@@ -113,3 +114,12 @@ def test_stops_and_take_profits_close_positions_on_real_bars(vectors):
     book = stage.portfolio.positions()[0]
     assert book["qty"] == pytest.approx(qty, abs=1e-9)
     assert (book["stop_px"], book["take_px"]) == ((None, None) if qty == 0 or math.isnan(stop) else (stop, take))
+
+
+def test_exits_can_be_turned_off(vectors):
+    stage = DecisionStage(vectors[0].names, risk=RiskSettings(exits=False))
+    signals = run(stage, vectors, 0, len(vectors))
+    fills = stage.portfolio.fills
+    assert fills and len(fills) == sum(s.qty != 0 for s in signals)
+    assert not any(f.id.startswith("exit.") for f in fills)
+    assert all(p["stop_px"] is None for p in stage.portfolio.positions())
