@@ -24,21 +24,24 @@ CLOSED = None  # queued to a client when the fan-out shuts down
 
 
 class BarFilter(msgspec.Struct, frozen=True):
-    """Which bars or signals a client wants; None matches anything. ``min_confidence`` and
-    ``action`` apply to signals."""
+    """Which bars or signals a client wants; None matches anything. ``min_confidence``,
+    ``action`` and ``max_risk_pct`` (`core.schema.Signal.risk_pct`) apply to signals."""
 
     venue: str | None = None
     symbol: str | None = None
     tf: str | None = None
     min_confidence: float = 0.0
     action: str | None = None
+    max_risk_pct: float | None = None
 
     def matches(self, item: Bar | Signal) -> bool:
         return ((self.venue is None or self.venue == item.venue)
                 and (self.symbol is None or self.symbol == item.symbol)
                 and (self.tf is None or self.tf == item.tf)
                 and getattr(item, "confidence", 100.0) >= self.min_confidence
-                and (self.action is None or getattr(item, "action", None) == self.action))
+                and (self.action is None or getattr(item, "action", None) == self.action)
+                # NaN (no stop) compares false: left out, as the REST query leaves it out
+                and (self.max_risk_pct is None or item.risk_pct <= self.max_risk_pct))
 
 
 class BarClient:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from core.schema import TIMEFRAME_NS, Bar
+from core.schema import TIMEFRAME_NS, Bar, risk_pct
 
 __all__ = [
     "BarOut",
@@ -132,6 +132,7 @@ class SignalOut(msgspec.Struct, frozen=True):
     qty: float
     stop_loss: float | None
     take_profit: float | None
+    risk_pct: float | None  # a stop-out's loss, percent of the price (null without a stop)
     contributions: dict[str, float]
     top_features: dict[str, float | None]
     model_versions: dict[str, int]
@@ -146,6 +147,7 @@ class SignalOut(msgspec.Struct, frozen=True):
         fields = {k: _finite(v) for k, v in row.items() if k not in ("tf",)}
         fields["top_features"] = {k: _finite(v) for k, v in row["top_features"].items()}
         fields["degraded"], fields["calibrated"] = bool(row["degraded"]), bool(row["calibrated"])
+        fields["risk_pct"] = _finite(risk_pct(row["price"], row["stop_loss"]))
         return cls(timestamp=stamp, timeframe=row["tf"], **fields)
 
 

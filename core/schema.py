@@ -51,6 +51,7 @@ __all__ = [
     "feat_msg_id",
     "pred_msg_id",
     "sig_id",
+    "risk_pct",
     "json_schema",
     "traceparent",
 ]
@@ -279,6 +280,17 @@ class Signal(msgspec.Struct, array_like=True, frozen=True, kw_only=True, tag="si
     degraded: bool = False
     veto: str = ""
     calibrated: bool = False
+
+    @property
+    def risk_pct(self) -> float:
+        """What a stop-out loses, in percent of the price (`risk_pct`)."""
+        return risk_pct(self.price, self.stop_loss)
+
+
+def risk_pct(price: float, stop_loss: float) -> float:
+    """100 |price - stop_loss| / price: a stop-out's loss in percent of the price (NaN without a
+    stop, e.g. a HOLD, or without a price > 0)."""
+    return 100.0 * abs(price - stop_loss) / price if price > 0 else float("nan")
 
 
 class Alert(msgspec.Struct, array_like=True, frozen=True, kw_only=True, tag="alert"):

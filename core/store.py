@@ -419,9 +419,11 @@ class Store:
 
     def signals(self, symbol: str, venue: str | None = None, tf: str | None = None, min_confidence: float = 0.0,
                 action: str | None = None, start_ns: int | None = None, end_ns: int | None = None,
-                limit: int = 100) -> list[dict]:
+                limit: int = 100, max_risk_pct: float | None = None) -> list[dict]:
         """Signals of ``symbol`` with confidence >= ``min_confidence``, newest ``limit``, ascending
-        by bar start. ``venue``, ``tf`` and ``action`` filter when given.
+        by bar start. ``venue``, ``tf`` and ``action`` filter when given; ``max_risk_pct`` keeps
+        signals whose stop-out loses at most that percent of the price (`Signal.risk_pct`; a
+        signal without a stop has no defined risk and is left out).
 
         Raises:
             StoreError: a negative limit, or the query failed.
@@ -437,6 +439,9 @@ class Store:
             if value:
                 params[col] = value
                 where.append(f"{col} = {{{col}:String}}")
+        if max_risk_pct is not None:
+            params["max_risk_pct"] = float(max_risk_pct)
+            where.append("100 * abs(price - stop_loss) / price <= {max_risk_pct:Float64}")  # NaN: false
         cols = ", ".join(name for name, _ in TABLES["signals"])
         return self._rows(
             "signals",

@@ -312,7 +312,8 @@ def _signal(bar, i: int) -> Signal:
                   expected_value=0.2, kelly_fraction=0.1, position_fraction=0.05 if traded else 0.0,
                   position_size=5000.0 if action == "BUY" else -5000.0 if traded else 0.0,
                   qty=(5000.0 if action == "BUY" else -5000.0) / bar.close if traded else 0.0,
-                  stop_loss=bar.close * 0.98 if traded else nan, take_profit=bar.close * 1.03 if traded else nan,
+                  stop_loss=bar.close * (1 - 0.005 * (1 + i % 4)) if traded else nan,  # risk 0.5-2 %
+                  take_profit=bar.close * 1.03 if traded else nan,
                   contributions={"trend": 0.2, "forecast": -0.05}, top_features={"rsi_14": 61.5, "adx_14": nan},
                   model_versions={"forecast": 2, "regime": 1}, degraded=i % 4 == 0, veto="", calibrated=False)
 
@@ -341,6 +342,11 @@ async def test_signals_reach_api_through_sink_filtered_as_a_trader_asks(api: Api
     strong = (await api.http.get("/api/signals", params={"symbol": "ADA-BTC", "min_confidence": 75,
                                                           "timeframe": "1m"})).json()
     assert [g["id"] for g in strong] == [sg.id for sg in sigs if sg.confidence >= 75]
+    calm = (await api.http.get("/api/signals", params={**query, "max_risk": 1.0})).json()
+    want = [sg.id for sg in sigs if sg.action != "HOLD" and 100 * abs(sg.price - sg.stop_loss) / sg.price <= 1.0]
+    assert want and len(want) < len(sigs) and [g["id"] for g in calm] == want
+    assert all(g["risk_pct"] == pytest.approx(100 * abs(g["price"] - g["stop_loss"]) / g["price"]) for g in calm)
+    assert hold["risk_pct"] is None
     buys = (await api.http.get("/api/signals", params={**query, "action": "BUY", "venue": "binance"})).json()
     assert buys and all(g["action"] == "BUY" for g in buys)
     assert (await api.http.get("/api/signals", params={**query, "timeframe": "5m"})).json() == []
@@ -468,8 +474,9 @@ async def test_ws_pushes_new_signals_with_the_rest_filters(api: ApiStack):
     sigs = [_signal(b, i) for i, b in enumerate(bars[:9])]  # actions BUY, SELL, HOLD, ...; confidence 50 + 2i
     base = f"{api.ws_url}/ws/signals?symbol=ADA-BTC"
     async with ws_connect(f"{base}&min_confidence=60&timeframe=1m") as strong, \
-            ws_connect(f"{base}&action=SELL") as sells, ws_connect(f"{api.ws_url}/ws/signals") as every:
-        await eventually(lambda: _at_least(ws_clients(api), 3), "3 WebSocket clients subscribed")
+            ws_connect(f"{base}&action=SELL") as sells, ws_connect(f"{api.ws_url}/ws/signals") as every, \
+            ws_connect(f"{base}&max_risk=1") as calm:
+        await eventually(lambda: _at_least(ws_clients(api), 4), "4 WebSocket clients subscribed")
         for sg in sigs:
             await api.js.publish(subjects.sig(sg.venue, sg.symbol), CODEC.encode(sg), headers={HDR_MSG_ID: sg.id})
         got_every = [json.loads(await asyncio.wait_for(every.recv(), WAIT_S)) for _ in sigs]
@@ -483,6 +490,9 @@ async def test_ws_pushes_new_signals_with_the_rest_filters(api: ApiStack):
         assert [json.loads(await asyncio.wait_for(strong.recv(), WAIT_S))["id"] for _ in want_strong] == want_strong
         want_sells = [sg.id for sg in sigs if sg.action == "SELL"]
         assert [json.loads(await asyncio.wait_for(sells.recv(), WAIT_S))["id"] for _ in want_sells] == want_sells
+        want_calm = [sg.id for sg in sigs if sg.risk_pct <= 1.0]  # HOLDs have no stop: NaN, left out
+        assert 0 < len(want_calm) < len(sigs)
+        assert [json.loads(await asyncio.wait_for(calm.recv(), WAIT_S))["id"] for _ in want_calm] == want_calm
     assert got_every[0]["timeframe"] == "1m" and got_every[2]["stop_loss"] is None  # as /api/signals has them
 
 
@@ -560,6 +570,7 @@ async def test_ws_bad_timeframe_closes_naming_it(api: ApiStack):
     ("/api/signals", {"symbol": "ADA-BTC", "min_confidence": "101"}, "min_confidence"),
     ("/api/signals", {"symbol": "ADA-BTC", "timeframe": "2m"}, "timeframe"),
     ("/api/signals", {"min_confidence": "50"}, "symbol"),
+    ("/api/signals", {"symbol": "ADA-BTC", "max_risk": "-1"}, "max_risk"),
     ("/api/trades", {"venue": "kraken", "symbol": "BTC-USDT", "start": "99999999999999999999999"}, "start"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(api: ApiStack, path, params, param):

@@ -64,6 +64,8 @@ class LiveSignalsController(Controller):
                          description=f"only this timeframe ({', '.join(TIMEFRAME_NS)}); any when absent")] = None,
                      min_confidence: Annotated[float, Parameter(description="least confidence, 0..100")] = 0.0,
                      action: Annotated[str | None, Parameter(description="only BUY, SELL or HOLD")] = None,
+                     max_risk: Annotated[float | None, Parameter(
+                         description="largest loss at the stop-loss, percent of the price")] = None,
                      ) -> None:
         """Pushes each new signal from now on as a JSON object (fields of ``SignalOut``, as
         ``GET /api/signals`` returns them), with the same filters as query parameters.
@@ -78,11 +80,13 @@ class LiveSignalsController(Controller):
                 raise BadParameterError("min_confidence", f"must be within 0..100, got {min_confidence}")
             if action not in (None, "", "BUY", "SELL", "HOLD"):
                 raise BadParameterError("action", f"one of BUY, SELL, HOLD, got {action!r}")
+            if max_risk is not None and not 0.0 <= max_risk <= 100.0:
+                raise BadParameterError("max_risk", f"must be within 0..100, got {max_risk}")
         except BadParameterError as exc:
             await _close(socket, CLOSE_BAD_PARAMETER, str(exc))
             return
         flt = BarFilter(venue=venue or None, symbol=symbol or None, tf=tf, min_confidence=min_confidence,
-                        action=action or None)
+                        action=action or None, max_risk_pct=max_risk)
         await _serve(socket, signal_fanout, flt, telemetry)
 
 

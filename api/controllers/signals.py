@@ -28,6 +28,9 @@ __all__ = ["SignalsController", "FeedbackController", "SimilarController", "Feed
 OptionalVenue = Annotated[str | None, Parameter(description="venue id, e.g. `kraken` (default: every venue)")]
 OptionalTimeframe = Annotated[str | None, Parameter(description="bar timeframe, e.g. `5m` (default: every one)")]
 MinConfidence = Annotated[float, Parameter(ge=0, le=100, description="least confidence, 0..100 (default 0)")]
+MaxRisk = Annotated[float | None, Parameter(
+    ge=0, le=100, description="largest loss at the stop-loss, percent of the price (`risk_pct`); signals "
+                              "without a stop are left out (default: no limit)")]
 Action = Annotated[Literal["BUY", "SELL", "HOLD"] | None, Parameter(description="only this action")]
 
 
@@ -39,16 +42,17 @@ class SignalsController(Controller):
     async def list_signals(self, store: NamedDependency[Store], symbol: Symbol, venue: OptionalVenue = None,
                            timeframe: OptionalTimeframe = None, min_confidence: MinConfidence = 0.0,
                            action: Action = None, start: Start = None, end: End = None,
-                           limit: Limit = 100) -> list[SignalOut]:
-        """Signals with ``confidence >= min_confidence`` for bars with ``start <= start_ns < end``,
-        ascending; the latest ``limit``. Each carries its evidence: expected return and uncertainty,
+                           limit: Limit = 100, max_risk: MaxRisk = None) -> list[SignalOut]:
+        """Signals with ``confidence >= min_confidence`` (and ``risk_pct <= max_risk`` when given)
+        for bars with ``start <= start_ns < end``, ascending; the latest ``limit``. Each carries its evidence: expected return and uncertainty,
         risk-reward, expected value, Kelly fraction and position size, stop-loss and take-profit,
         each source's contribution, the top features, model versions and ``degraded``.
         """
         tf = check_timeframe("timeframe", timeframe) if timeframe else None
         start_ns, end_ns = parse_time_ns("start", start), parse_time_ns("end", end)
         check_range(start_ns, end_ns)
-        rows = await store.run(store.signals, symbol, venue, tf, min_confidence, action, start_ns, end_ns, limit)
+        rows = await store.run(store.signals, symbol, venue, tf, min_confidence, action, start_ns, end_ns, limit,
+                               max_risk)
         return [SignalOut.from_row(r) for r in rows]
 
 
