@@ -135,8 +135,13 @@ class DecisionStage:
         if missing:
             raise SchemaError(f"the feature layout lacks {missing}, which the rules and stops read")
         self._atr = self.names.index("atr_14")
-        self._rule_cols = np.array([self.names.index(n) for n in rule_names], dtype=np.int64)
-        self._rule_index = {n: j for j, n in enumerate(rule_names)}
+        # Per pair of strongest rules (indices into _RULES, -1: none): the features they cite
+        # and where those sit in a vector.
+        self._cited = {}
+        for a in range(-1, len(_RULES)):
+            for b in range(-1, len(_RULES)):
+                cited = [f for r in (a, b) if r >= 0 for f in RULE_FEATURES[_RULES[r]]]
+                self._cited[(a, b)] = cited, [self.names.index(f) for f in cited]
 
     def _row_ids(self, keys: list[tuple[str, str, str]]) -> np.ndarray:
         new = [k for k in dict.fromkeys(keys) if k not in self._rows]
@@ -222,9 +227,8 @@ class DecisionStage:
         top_rules = np.where(ranked, order, -1)  # -1: fewer than two rules had a view
         tops = self._top_features(top_rules, features)
         # The engine's veto, else the risk rules' when they kept a BUY/SELL at size 0.
-        veto = np.where(d.veto != 0, d.veto, -1)
-        veto_names = [VETO_REASONS[v] if v >= 0 else (VETO_NAMES[zv] if a and zv else "")
-                      for v, zv, a in zip(veto.tolist(), z.veto.tolist(), d.action.tolist())]
+        veto_names = [VETO_REASONS[v] or (VETO_NAMES[zv] if a and zv else "")
+                      for v, zv, a in zip(d.veto.tolist(), z.veto.tolist(), d.action.tolist())]
         calibrated = d.calibrated
         rows = zip(vectors, predictions, d.action.tolist(), d.confidence.tolist(), d.score.tolist(),
                    z.risk_reward.tolist(), z.expected_value.tolist(), z.kelly.tolist(), fraction.tolist(),
@@ -247,14 +251,12 @@ class DecisionStage:
     def _top_features(self, top_rules: np.ndarray, features: np.ndarray) -> list[dict[str, float]]:
         """Per row, the values of the features behind its strongest rules (``top_rules``: (n, 2)
         indices into the rules, -1 for none), one gather per distinct pair of rules."""
-        n_rules = len(_RULES)
-        pair = (top_rules[:, 0] + 1) * (n_rules + 1) + (top_rules[:, 1] + 1)
+        base = len(_RULES) + 1
+        pair = (top_rules[:, 0] + 1) * base + (top_rules[:, 1] + 1)
         out: list = [None] * len(pair)
         for code in np.unique(pair).tolist():
-            first, second = divmod(code, n_rules + 1)
-            names = [f for r in (first - 1, second - 1) if r >= 0 for f in RULE_FEATURES[_RULES[r]]]
+            names, cols = self._cited[(code // base - 1, code % base - 1)]
             rows = np.flatnonzero(pair == code)
-            cols = [self.names.index(f) for f in names]
             for i, values in zip(rows.tolist(), features[np.ix_(rows, cols)].tolist()):
                 out[i] = dict(zip(names, values))
         return out

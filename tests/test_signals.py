@@ -15,6 +15,7 @@ from core.features.featureset import FeatureSet
 from core.features.offline import compute
 from core.risk import RiskSettings
 from core.schema import FeatureVector, Prediction
+from core.decision import RULE_FEATURES
 from core.signals import DecisionStage
 from tests.conftest import shared_file
 
@@ -65,6 +66,14 @@ def test_signals_are_consistent_and_the_paper_book_follows(vectors):
         elif s.action != "HOLD":
             assert s.veto  # a view without a position says why
     assert any(s.degraded for s in signals) and not all(s.degraded for s in signals)
+    # The top features are those the (up to) two strongest rules read, strongest first, with the
+    # vector's values.
+    by_id = {f"sig.1h.fx.EUR-USD.{v.start_ns}": dict(zip(v.names, v.array().tolist())) for v in vectors}
+    for s in signals:
+        rules = sorted((r for r in RULE_FEATURES if r in s.contributions), key=lambda r: -abs(s.contributions[r]))
+        want = [f for r in rules[:2] for f in RULE_FEATURES[r]]
+        assert list(s.top_features) == want
+        assert [s.top_features[f] for f in want] == pytest.approx([by_id[s.id][f] for f in want], nan_ok=True)
     fills = stage.portfolio.fills
     assert len([f for f in fills if not f.id.startswith("exit.")]) == len(trades)
     assert all(f.source == "signal" for f in fills)
