@@ -5,6 +5,9 @@ Stages (each prints events/s and a ratio against its baseline):
   A  edge parse + validate, CPU only            baseline: stdlib json.loads of the same frames
   B  edge parse + validate + batch + publish     baseline: one awaited js.publish per event
      (batches cut at 500 events or 1 s of recorded receive time, as `tickmesh replay --flush-ms 1000`)
+  B' the same frames with every receive and exchange time gap divided by --compress (a busy
+     market: the recordings are sparse, so in B a 1 s window of one symbol holds ~3 events), through
+     the very same parse + validate + batch + publish path and settings as B
   C  bar worker: MD stream -> bars on BARS       baseline: a naive worker (per-trade Python loop,
                                                  one awaited publish per bar, one ack per message)
   C' the same worker on the same trades with every time gap divided by --compress (a busy market:
@@ -16,7 +19,8 @@ Frames: the frames of the recordings that normalize into events (channels that a
 such as Coinbase l2update, are left out of the loop), looped with every timestamp shifted by the
 source's span so each loop continues the previous one, and trade ids offset per loop.
 
-Usage: python bench/pipeline.py [--events 2000000] [--latency-rate 20000] [--latency-s 10]
+Usage: python bench/pipeline.py [--events 2000000] [--compress 1000] [--latency-rate 5000]
+       [--latency-s 10] [--stages A,B,B',C,C',D]
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import argparse
 import asyncio
 import bisect
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +51,7 @@ from core.bar_worker import BarWorker  # noqa: E402
 from core.config import StreamsConfig, WorkerConfig  # noqa: E402
 from core.natsserver import NatsServer  # noqa: E402
 from core.schema import Codec, TIMEFRAME_NS, TradeBatch  # noqa: E402
+from edge.adapters.base import IsoTimeParser  # noqa: E402
 from edge.collector import collect  # noqa: E402
 from edge.events import Trade  # noqa: E402
 from edge.publisher import BatchPublisher  # noqa: E402
@@ -60,6 +67,7 @@ LOOP_ID_OFFSET = 10**10
 # Stage B replays as fast as possible, cutting batches on recorded receive time (deterministic
 # Msg-Ids): the recordings are sparse, so a 20 ms window would hold one event per batch.
 REPLAY_FLUSH_MS = 1000.0
+STAGES = ("A", "B", "B'", "C", "C'", "D")
 
 
 class Source:
@@ -81,6 +89,62 @@ class Source:
                 self.events += len(res.events)
                 times += [recv_ns] + [e.ts_ns for e in res.events]
         self.span_ns = max(times) - min(times) + 1_000_000_000
+        self.t0_ns = min(times)
+
+    def compressed(self, compress: float) -> "Source":
+        """This recording with every receive and exchange time gap divided by ``compress``.
+
+        Times become ``t0 + (t - t0) / compress``; exchange times are rewritten in the frame
+        text in the venue's own format (so Binance keeps ms and Coinbase µs resolution), and the
+        result is checked: the same events, times within that resolution of the target.
+        """
+        t0 = self.t0_ns
+
+        def squeeze(t_ns: int) -> int:
+            return t0 + int((t_ns - t0) / compress)
+
+        out = object.__new__(Source)
+        out.name, out.adapter, out.max_skew_ns, out.events, out.t0_ns = (
+            self.name, self.adapter, self.max_skew_ns, self.events, t0)
+        out.span_ns = max(1, math.ceil(self.span_ns / compress))
+        out.frames = [(squeeze(recv_ns), _retime_frame(raw, squeeze)) for recv_ns, raw in self.frames]
+        for (recv_ns, raw), (recv_c, raw_c) in zip(self.frames, out.frames):
+            got = process_frame(self.adapter, raw_c, recv_c, None).events
+            want = process_frame(self.adapter, raw, recv_ns, None).events
+            ok = len(got) == len(want) and all(
+                g[0] == w[0] and g[2:4] == w[2:4] and abs(g[1] - (squeeze(w[1]) if w[1] != recv_ns else recv_c))
+                <= 1_000_000 for g, w in zip(got, want))
+            if not ok:
+                sys.exit(f"{self.name}: a frame did not retime cleanly: {raw[:200]!r}")
+        return out
+
+
+_ISO_TIME = re.compile(r'"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"')
+_EPOCH_S = re.compile(r'(?<=[\s"\[,])(1\d{9})\.(\d+)(?=[",\s\]])')  # "1618678150.826417", 1762795433.97
+_EPOCH_MS_FIELD = re.compile(r'"([ET])":(1\d{12})\b')  # Binance "E"/"T" in ms
+
+
+def _retime_frame(raw: str | bytes, squeeze) -> str | bytes:
+    """``raw`` with the exchange times it spells (ISO text, epoch seconds, epoch ms) squeezed."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    iso_ns = IsoTimeParser().to_ns
+
+    def iso(m: re.Match) -> str:
+        t_ns = squeeze(iso_ns(m[1]))
+        secs, ns = divmod(t_ns, 1_000_000_000)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        return f'"time":"{stamp}.{ns // 1000:06d}Z"'
+
+    def epoch_s(m: re.Match) -> str:
+        frac = m[2]
+        t_ns = squeeze(int(m[1]) * 1_000_000_000 + int((frac + "000000000")[:9]))
+        return f"{t_ns // 1_000_000_000}.{t_ns % 1_000_000_000:09d}"
+
+    def epoch_ms(m: re.Match) -> str:
+        return f'"{m[1]}":{squeeze(int(m[2]) * 1_000_000) // 1_000_000}'
+
+    text = _EPOCH_MS_FIELD.sub(epoch_ms, _EPOCH_S.sub(epoch_s, _ISO_TIME.sub(iso, text)))
+    return text.encode() if isinstance(raw, bytes) else text
 
 
 def loops_for(sources: list[Source], events: int) -> int:
@@ -172,7 +236,7 @@ async def stage_c(js, cfg: WorkerConfig) -> dict:
     t0 = time.perf_counter()
     task = asyncio.create_task(worker.run(stop))
     while worker.stats.last_seq < info.state.last_seq:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - t0
     stop.set()
     await task
@@ -302,43 +366,66 @@ async def stage_d(sources: list[Source], rate: float, seconds: float, lateness_m
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=2_000_000, help="events through stages A-C (default 2M)")
-    ap.add_argument("--compress", type=float, default=1000.0, help="time compression of stage C' (default 1000)")
+    ap.add_argument("--events", type=int, default=2_000_000, help="events through stages A-C' (default 2M)")
+    ap.add_argument("--compress", type=float, default=1000.0,
+                    help="time compression of stages B' and C' (default 1000)")
     ap.add_argument("--latency-rate", type=float, default=5_000, help="events/s offered in stage D")
     ap.add_argument("--latency-s", type=float, default=10.0, help="duration of stage D")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
     args = ap.parse_args()
+    stages = set(args.stages.split(","))
+    if stages - set(STAGES):
+        ap.error(f"unknown stages {sorted(stages - set(STAGES))}; known: {','.join(STAGES)}")
     sources = [Source(rel) for rel in SOURCES]
     loops = loops_for(sources, args.events)
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("sources: " + ", ".join(f"{Path(s.name).name} ({len(s.frames)} frames, {s.events} events)" for s in sources))
     print(f"loops: {loops} -> {loops * sum(s.events for s in sources):,} events\n")
     rows = []
-    a = stage_a(sources, loops)
-    rows.append(("A edge parse+validate", a["events"], a["ours"], "json.loads only", a["baseline"]))
-    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        await streams.ensure(js, StreamsConfig(md_max_bytes=16 * 1024**3))
-        b = await stage_b(js, sources, loops)
-        rows.append(("B edge parse+publish", b["events"], b["ours"], "awaited publish/event", b["baseline"]))
-        c = await stage_c(js, WorkerConfig())
-        rows.append(("C worker trades->bars", c["events"], c["ours"], "naive worker", c["baseline"]))
-        await nc.close()
-    cd = await stage_c_dense(dense_batches(sources, args.events, args.compress))
-    rows.append((f"C' worker, gaps /{args.compress:g}", cd["events"], cd["ours"], "naive worker", cd["baseline"]))
+    per_source = {}
+    c = cd = None
+    if "A" in stages:
+        a = stage_a(sources, loops)
+        rows.append(("A edge parse+validate", a["events"], a["ours"], "json.loads only", a["baseline"]))
+    if stages & {"B", "B'", "C"}:
+        # B and B' each publish into a fresh server; C consumes what B stored.
+        for stage in ("B", "B'"):
+            if stage not in stages and not (stage == "B" and "C" in stages):
+                continue
+            srcs = sources if stage == "B" else [src.compressed(args.compress) for src in sources]
+            with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
+                nc = await nats.connect(server.url)
+                js = nc.jetstream()
+                await streams.ensure(js, StreamsConfig(md_max_bytes=16 * 1024**3))
+                b = await stage_b(js, srcs, loops)
+                name = "B edge parse+publish" if stage == "B" else f"B' edge, gaps /{args.compress:g}"
+                rows.append((name, b["events"], b["ours"], "awaited publish/event", b["baseline"]))
+                per_source[stage] = b["per_source"]
+                if stage == "B" and "C" in stages:
+                    c = await stage_c(js, WorkerConfig())
+                    rows.append(("C worker trades->bars", c["events"], c["ours"], "naive worker", c["baseline"]))
+                await nc.close()
+    if "C'" in stages:
+        cd = await stage_c_dense(dense_batches(sources, args.events, args.compress))
+        rows.append((f"C' worker, gaps /{args.compress:g}", cd["events"], cd["ours"], "naive worker", cd["baseline"]))
     print(f"\n{'stage':26s} {'events':>11s} {'events/s':>12s}   {'baseline':22s} {'baseline/s':>11s} {'ratio':>7s}")
     for name, n, ours, base_name, base in rows:
         print(f"{name:26s} {n:11,d} {ours:12,.0f}   {base_name:22s} {base:11,.0f} {ours / base:6.1f}x")
-    print("\nB by source:")
-    for name, n, rate, per_batch in b["per_source"]:
-        print(f"  {name:34s} {n:11,d} events {rate:11,.0f} events/s {per_batch:7.1f} events per batch")
+    for stage, figures in per_source.items():
+        print(f"\n{stage} by source:")
+        for name, n, rate, per_batch in figures:
+            print(f"  {name:34s} {n:11,d} events {rate:11,.0f} events/s {per_batch:7.1f} events per batch")
     for name, r in (("C", c), ("C'", cd)):
-        print(f"{name}: worker published {r['bars']:,} bars ({r['bars_s']:,.0f} bars/s), "
-              f"{r['bars'] / max(r['events'], 1):.3f} bars per trade at 5 timeframes")
-    d = await stage_d(sources, args.latency_rate, args.latency_s, WorkerConfig().lateness_ms)
-    print(f"\nD latency, paced at {d['rate']:,.0f} events/s for {args.latency_s:g} s, worker in its own process: "
-          f"closing trade received at the edge -> 1s bar at a subscriber: p50 {d['p50_ms']:.1f} ms, "
-          f"p99 {d['p99_ms']:.1f} ms over {d['bars']:,} bars")
+        if r is not None:
+            print(f"{name}: worker published {r['bars']:,} bars ({r['bars_s']:,.0f} bars/s), "
+                  f"{r['bars'] / max(r['events'], 1):.3f} bars per trade at 5 timeframes")
+    if "D" in stages:
+        d = await stage_d(sources, args.latency_rate, args.latency_s, WorkerConfig().lateness_ms)
+        print(f"\nD latency, paced at {d['rate']:,.0f} events/s for {args.latency_s:g} s, worker in its own process: "
+              f"closing trade received at the edge -> 1s bar at a subscriber: p50 {d['p50_ms']:.1f} ms, "
+              f"p99 {d['p99_ms']:.1f} ms over {d['bars']:,} bars")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -176,14 +176,21 @@ class BarWorker:
         # higher timeframe onto a lower one then always has the higher bar it needs already.
         bars.sort(key=_end_then_longer)
         late = self._builder.late_trades()
-        # Bars this batch closed continue its trace.
-        parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
-        for bar in bars:
-            key = (bar.tf, bar.venue, bar.symbol)
-            subject = self._bar_subjects.get(key) or self._bar_subjects.setdefault(key, subjects.bar(*key))
-            await self._out.publish(subject, self._codec.encode(bar), {
-                HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: traceparent(parent)})
-        self.stats.bars += len(bars)
+        if bars:
+            # Bars this batch closed continue its trace: handling the message is one span, the
+            # parent of every bar it closed (one traceparent per message, not per bar).
+            parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
+            trace = traceparent(parent)
+            encode = self._codec.encode
+            bar_subjects = self._bar_subjects
+            out = []
+            for bar in bars:
+                key = (bar.tf, bar.venue, bar.symbol)
+                subject = bar_subjects.get(key) or bar_subjects.setdefault(key, subjects.bar(*key))
+                out.append((subject, encode(bar),
+                            {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: trace}))
+            await self._out.publish_many(out)
+            self.stats.bars += len(bars)
         for i, entry in enumerate(late):
             self.stats.late_trades += len(entry.trades)
             reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"

@@ -402,20 +402,24 @@ class InferenceWorker(SnapshotWorker):
             preds[i][model] = await self._publish(vec, model, res)
 
     async def _decide_and_publish(self, group: list[tuple[FeatureVector, dict[str, Prediction]]]) -> None:
-        """Signals of one bar close, decided in one call and published in the group's order."""
+        """Signals of one bar close, decided in one call and published in the group's order (each
+        signal's alert, when it raised one, right after it), in one write."""
+        out, alerts = [], []
+        encode = self._codec.encode
         for sig in self.decisions.decide([v for v, _ in group], [p for _, p in group]):
-            await self._out.publish(subjects.sig(sig.venue, sig.symbol), self._codec.encode(sig),
-                                    {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA})
-            self.stats.signals += 1
+            out.append((subjects.sig(sig.venue, sig.symbol), encode(sig), {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA}))
             self.stats.buy += sig.action == "BUY"
             self.stats.sell += sig.action == "SELL"
             alert = self.alerter.on_signal(sig)
             if alert is not None:
-                await self._out.publish(subjects.alert(alert.priority, alert.venue, alert.symbol),
-                                        self._codec.encode(alert), {HDR_MSG_ID: alert.id, HDR_SCHEMA: _SCHEMA})
-                self.stats.alerts += 1
-                # Delivered beside the signal path: a slow or dead channel never holds signals.
-                self.deliverer.submit(alert)
+                out.append((subjects.alert(alert.priority, alert.venue, alert.symbol), encode(alert),
+                            {HDR_MSG_ID: alert.id, HDR_SCHEMA: _SCHEMA}))
+                alerts.append(alert)
+        await self._out.publish_many(out)
+        self.stats.signals += len(out) - len(alerts)
+        self.stats.alerts += len(alerts)
+        for alert in alerts:  # delivered beside the signal path: a slow or dead channel never holds signals
+            self.deliverer.submit(alert)
 
     async def _publish(self, vec: FeatureVector, model: str, res: Result) -> Prediction:
         outputs = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in res.outputs.items()}
