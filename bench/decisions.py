@@ -5,11 +5,14 @@ the full feature set computed once) from its own random starting bar, with a for
 per vector (P_UP from the recent return). The stage first steps every symbol through a warm-up of
 bars, then one bar close is timed repeatedly:
 
-- published: what the live inference worker does once a bar close is complete
+- acked: what the live inference worker does once a bar close is complete
   (`core.closes.BarCloses`): ``stage.decide`` with all N vectors in one call, every signal
   encoded and published on ``sig.<venue>.<symbol>`` into the SIG stream of a real nats-server
-  started here, and every JetStream ack received. The time from the close being handed to the
-  stage to the last ack bounds the latency of every vector of the close (p99 over closes);
+  started here (one write, `core._jspublish.AckedPublisher.publish_many`), and every JetStream
+  ack received: every signal stored. The time from the close being handed to the stage to the
+  last ack bounds the latency of every vector of the close (p99 over closes);
+- at server: the same, timed until the server has read every signal (a PING/PONG round trip
+  after the write: subscribers have them), before the acks are awaited;
 - batch: the same ``decide`` call alone, nothing published;
 - per vector (baseline): one ``decide`` call per vector, as the worker decided before bar closes
   were grouped.
@@ -79,12 +82,16 @@ def bar_close(names, values, close, ts, starts: np.ndarray, t: int) -> tuple[lis
     return vecs, preds
 
 
-async def publish_signals(out: AckedPublisher, codec: Codec, signals) -> None:
-    """As the inference worker publishes a close's signals: in one write, acks awaited in bulk."""
+async def publish_signals(nc, out: AckedPublisher, codec: Codec, signals, t0: float) -> float:
+    """As the inference worker publishes a close's signals: in one write, acks awaited in bulk.
+    Returns the seconds from ``t0`` until the server had read them all."""
     schema = str(SCHEMA_VERSION)
     await out.publish_many([(subjects.sig(sig.venue, sig.symbol), codec.encode(sig),
                              {HDR_MSG_ID: sig.id, HDR_SCHEMA: schema}) for sig in signals])
+    await nc.flush()
+    at_server = time.perf_counter() - t0
     await out.wait()
+    return at_server
 
 
 async def run(args) -> int:
@@ -102,28 +109,35 @@ async def run(args) -> int:
             rng = np.random.default_rng(n)
             starts = rng.integers(first, len(close) - args.warmup - args.reps - 2, n)
             med = {}
-            paths = ("published", "batch") + (("per vector",) if n <= args.per_vector_max else ())
+            paths = ("acked", "batch") + (("per vector",) if n <= args.per_vector_max else ())
             for path in paths:
                 stage = DecisionStage(names)
-                times = []
+                times: dict[str, list[float]] = {path: []} if path != "acked" else {"at server": [], "acked": []}
                 for t in range(args.warmup + args.reps):
                     vecs, preds = bar_close(names, values, close, ts, starts, t)
                     t0 = time.perf_counter()
-                    if path == "published":
-                        await publish_signals(out, codec, stage.decide(vecs, preds))
+                    at_server = None
+                    if path == "acked":
+                        at_server = await publish_signals(nc, out, codec, stage.decide(vecs, preds), t0)
                     elif path == "batch":
                         stage.decide(vecs, preds)
                     else:
                         for v, p in zip(vecs, preds):
                             stage.decide([v], [p])
                     if t >= args.warmup:
-                        times.append(time.perf_counter() - t0)
-                ms = np.array(times) * 1e3
-                med[path], p99 = float(np.median(ms)), float(np.percentile(ms, 99))
-                print(f"{n:>8,} {path:<11} {med[path]:>10.2f} {p99:>9.2f} {n / (med[path] / 1e3):>12,.0f}", flush=True)
+                        times[path].append(time.perf_counter() - t0)
+                        if at_server is not None:
+                            times["at server"].append(at_server)
+                for name, secs in times.items():
+                    ms = np.array(secs) * 1e3
+                    med[name], p99 = float(np.median(ms)), float(np.percentile(ms, 99))
+                    print(f"{n:>8,} {name:<11} {med[name]:>10.2f} {p99:>9.2f} {n / (med[name] / 1e3):>12,.0f}",
+                          flush=True)
             if "per vector" in med:
                 print(f"{'':>8} one decide per close is {med['per vector'] / med['batch']:.1f}x faster than "
-                      f"one per vector; publishing adds {med['published'] - med['batch']:.2f} ms")
+                      f"one per vector")
+            print(f"{'':>8} publishing adds {med['at server'] - med['batch']:.2f} ms until the server has the "
+                  f"signals, {med['acked'] - med['batch']:.2f} ms until JetStream acked them all")
         await out.close()
         await nc.close()
     return 0
