@@ -25,9 +25,10 @@ baseline computes, timed the same way.
 
 Memory and time: the engines run one after the other; one of N symbols needs roughly
 N * (2 * state + 2 * history + 4 * 8 * features) bytes during a step (printed per symbol; a size
-that would not fit in MemAvailable is skipped; the run's peak RSS is printed at the end: 1.2 GiB
-for 111 features at 100k). Warm-up dominates the run time at 100k: each of the three engines steps
-100k rows through every warm-up bar (111 features: ~0.5 s of CPU per close, ~1 minute per engine).
+that would not fit in MemAvailable is skipped; the run's peak RSS is printed at the end: 1.8 GiB
+for 111 features at 100k with --no-baselines; the state counts each shared stage once, see
+core.features.kernel.Stage). Warm-up dominates the run time at 100k: each of the three engines steps
+100k rows through every warm-up bar (111 features: ~0.4 s of CPU per close, ~1 minute per engine).
 On a shared machine, --clock cpu (this thread's CPU time) gives steadier figures than wall time.
 
 Usage:
@@ -126,13 +127,9 @@ class Market:
 # ------------------------------------------------------------------------------ engine timing
 
 def state_bytes_per_row(kernels: list[Kernel]) -> tuple[int, int]:
-    """(kernel state, shared input histories) in bytes per row, from the kernels' own declarations."""
-    state = sum(int(a.nbytes) for k in kernels for a in k.init(np, 1).values())
-    widths: dict[str, int] = {}
-    for k in kernels:
-        for f, w in k.windows().items():
-            widths[f] = max(widths.get(f, 0), w)
-    return state + 8, 8 * sum(widths.values())  # + the int64 bar count
+    """(kernel and shared-stage state, shared input histories) in bytes per row, as an engine of
+    these kernels lays them out (a stage several kernels read is counted once)."""
+    return FeatureEngine(kernels).bytes_per_row()
 
 
 def step_bytes_needed(kernels: list[Kernel], n: int) -> int:

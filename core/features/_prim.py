@@ -12,8 +12,10 @@ from types import ModuleType
 from typing import Any
 
 from core.errors import ConfigError
+from core.features.kernel import Stage
 
-__all__ = ["check_periods", "shift", "window_init", "ema_init", "ema", "sma_init", "sma"]
+__all__ = ["HighLow", "check_periods", "ordered_sum", "shift", "window_init", "ema_init", "ema", "sma_init",
+           "sma"]
 
 NAN = float("nan")
 
@@ -27,6 +29,23 @@ def check_periods(fn: str, least: int, **periods: int) -> None:
     for name, value in periods.items():
         if isinstance(value, bool) or not isinstance(value, Integral) or not least <= value <= 100_000:
             raise ConfigError(f"{fn} {name}={value!r}: must be an integer from {least} to 100000")
+
+
+def ordered_sum(xp: ModuleType, w):
+    """Sum over axis 0 of ``w`` (width, n), the rows added one after the other, first to last: a
+    window's values oldest first, as TA-Lib's C loops (and a reference written as a loop) add them.
+
+    NumPy reduces a non-contiguous axis row by row, in order; only a contiguous reduction is
+    pairwise, which rounds differently. So ``w`` is made C-contiguous (free for the engine's
+    time-major history and its transposed windows), and a single column, which NumPy would treat
+    as one contiguous run, is reduced beside a copy of itself. ``cumsum`` keeps the order too but
+    costs about 15x more (it runs along the short axis, one column at a time). On a GPU the order
+    is the device's (CuPy reduces in a tree; its results agree to rounding).
+    """
+    w = xp.ascontiguousarray(w)
+    if w.shape[1] == 1:
+        return xp.concatenate([w, w], axis=1).sum(axis=0)[:1]
+    return w.sum(axis=0)
 
 
 def window_init(xp: ModuleType, n: int, width: int):
@@ -80,3 +99,22 @@ def sma(xp: ModuleType, s: dict[str, Any], x, t, period: int):
     # TA-Lib subtracts the oldest value of the window right after using the total.
     s["total"] = xp.where(live, xp.where(full, tmp - win[:, 0], tmp), s["total"])
     return xp.where(full & live, tmp / period, NAN)
+
+
+class HighLow(Stage):
+    """(highest high, lowest low) of the last ``timeperiod`` bars, this one included; NaN while the
+    window reaches before a row's first bar. One stage for every kernel reading the same window's
+    extremes (MIDPRICE and WILLR of one period, the %K of STOCH and STOCHF)."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def windows(self):
+        p = self.params["timeperiod"]
+        return {"high": p, "low": p}
+
+    def step(self, xp, s, b):
+        p = self.params["timeperiod"]
+        # Along axis 0 of the time-major history (the window's transpose): across rows, several
+        # times faster than along each row's short window.
+        return b.window("high", p).T.max(axis=0), b.window("low", p).T.min(axis=0)

@@ -23,12 +23,12 @@ import numpy as np
 
 from core.errors import ConfigError, SchemaError
 from core.features._xp import to_numpy
-from core.features.kernel import FIELDS, Bars, Kernel
+from core.features.kernel import DERIVED, FIELDS, Bars, Kernel, Stage, derive
 
 __all__ = ["FeatureEngine", "StepResult", "names_digest"]
 
 NAN = float("nan")
-_SNAPSHOT_VERSION = 2  # bumped whenever a kernel's state changes meaning
+_SNAPSHOT_VERSION = 3  # bumped whenever a kernel's state changes meaning
 _REQUIRED = ("open", "high", "low", "close", "volume")
 
 
@@ -63,6 +63,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     t: _Arr
     hist: dict[str, _Arr]
     states: list[dict[str, _Arr]]
+    stage_states: list[dict[str, _Arr]] = []
 
 
 class _History:
@@ -120,6 +121,22 @@ class _History:
         return h
 
 
+def _collect_stages(kernels: Sequence[Kernel]) -> tuple[Stage, ...]:
+    """Every distinct stage the kernels read (by `Stage.key`), each after the stages it reads."""
+    found: dict[Any, Stage] = {}
+
+    def visit(st: Stage) -> None:
+        if st.key not in found:
+            for dep in st.stages():
+                visit(dep)
+            found.setdefault(st.key, st)
+
+    for k in kernels:
+        for st in k.stages():
+            visit(st)
+    return tuple(found.values())
+
+
 def _pack(a) -> _Arr:
     a = np.ascontiguousarray(to_numpy(a))
     return _Arr(a.dtype.str, tuple(a.shape), a.tobytes())
@@ -149,21 +166,28 @@ class FeatureEngine:
         if dup:
             raise ConfigError(f"duplicate feature names: {sorted(dup)}")
         self.digest = names_digest(self.names)
+        # Stages shared by several kernels: one state each, advanced once per close (kernel.py).
+        self._stages = _collect_stages(self.kernels)
         widths: dict[str, int] = {}
-        for k in self.kernels:
+        for k in (*self._stages, *self.kernels):
             for field, width in k.windows().items():
-                if field not in FIELDS:
+                if field not in FIELDS and field not in DERIVED:
                     raise ConfigError(f"{k!r} asks for a history of unknown field {field!r}")
                 widths[field] = max(widths.get(field, 0), width)
+        self._derived = tuple(f for f in DERIVED if f in widths)
         self.n = 0
         self._t = xp.zeros(0, dtype=xp.int64)
         self._hist = {f: _History(xp, w, 0) for f, w in widths.items()}
         self._states = [k.init(xp, 0) for k in self.kernels]
-        # The state's layout (history widths, each kernel's arrays) next to the names: a snapshot
-        # restores only into an engine whose state has the same shape.
+        self._lookbacks = [k.lookback for k in self.kernels]  # read every close: computed once
+        self._stage_states = [st.init(xp, 0) for st in self._stages]
+        # The state's layout (history widths, each stage's and kernel's arrays) next to the names:
+        # a snapshot restores only into an engine whose state has the same shape.
         self.state_digest = names_digest([
             *self.names, *(f"{f}:{w}" for f, w in sorted(widths.items())),
             *(f"{i}.{key}:{a.dtype.str}{tuple(a.shape[1:])}" for i, s in enumerate(self._states)
+              for key, a in sorted(s.items())),
+            *(f"{st!r}.{key}:{a.dtype.str}{tuple(a.shape[1:])}" for st, s in zip(self._stages, self._stage_states)
               for key, a in sorted(s.items()))])
         if n:
             self.grow(n)
@@ -171,10 +195,21 @@ class FeatureEngine:
     def __repr__(self) -> str:
         return f"FeatureEngine(features={len(self.names)}, rows={self.n}, xp={self.xp.__name__})"
 
+    def bytes_per_row(self) -> tuple[int, int]:
+        """(state of every kernel and stage plus the bar count, shared input histories) in bytes
+        per row: what one more row costs between steps."""
+        xp = self.xp
+        state = 8 + sum(int(a.nbytes) for k, _ in self._owners() for a in k.init(xp, 1).values())
+        return state, 8 * sum(h.width for h in self._hist.values())
+
     @property
     def bars_seen(self):
         """Bars each row has consumed (a copy)."""
         return self._t.copy()
+
+    def _owners(self):
+        """(stage or kernel, its state) for every state the engine keeps."""
+        return zip((*self._stages, *self.kernels), (*self._stage_states, *self._states))
 
     def grow(self, n_new: int) -> range:
         """Adds ``n_new`` fresh rows; returns their indices."""
@@ -182,7 +217,7 @@ class FeatureEngine:
         self._t = xp.concatenate([self._t, xp.zeros(n_new, dtype=xp.int64)])
         for h in self._hist.values():
             h.grow(n_new)
-        for k, s in zip(self.kernels, self._states):
+        for k, s in self._owners():
             fresh = k.init(xp, n_new)
             for key, arr in fresh.items():
                 s[key] = xp.concatenate([s[key], arr]) if key in s else arr
@@ -198,7 +233,7 @@ class FeatureEngine:
         self._t[rows] = 0
         for h in self._hist.values():
             h.reset(rows)
-        for k, s in zip(self.kernels, self._states):
+        for k, s in self._owners():
             for key, arr in k.init(xp, m).items():
                 s[key][rows] = arr
 
@@ -242,22 +277,27 @@ class FeatureEngine:
             idx = keep if idx is None else idx[keep]
             cols = {f: a[keep] for f, a in cols.items()}
             ts = ts[keep]
-        out = xp.full((len(self.names), m), NAN)
         if idx is not None and int(idx.shape[0]) == 0:
-            return StepResult(out.T, refused)
+            return StepResult(xp.full((len(self.names), m), NAN).T, refused)
         vals = self._advance(idx, cols, ts)
-        if refused.size:
-            out[:, keep] = vals
-        else:
-            out = vals
+        if not refused.size:
+            return StepResult(vals.T, refused)
+        # Only a step with refused bars needs the NaN-filled block (filling it costs as much as a
+        # tenth of a close, so the usual step does not build one).
+        out = xp.full((len(self.names), m), NAN)
+        out[:, keep] = vals
         return StepResult(out.T, refused)
 
     def _advance(self, idx, cols: dict[str, Any], ts):
         xp = self.xp
         whole = idx is None
         t = self._t if whole else self._t[idx]
+        for f in self._derived:
+            cols[f] = derive(f, cols)
         hist = {f: h.pushed(cols[f], idx) for f, h in self._hist.items()}
         states = self._states if whole else [{k: v[idx] for k, v in s.items()} for s in self._states]
+        stage_states = (self._stage_states if whole
+                        else [{k: v[idx] for k, v in s.items()} for s in self._stage_states])
         b = Bars(xp, t, ts, cols, hist)
         out = xp.empty((len(self.names), int(t.shape[0])))
         # One host read per step: rows all past a kernel's warm-up need no mask (the steady state).
@@ -265,8 +305,9 @@ class FeatureEngine:
         masks: dict[int, Any] = {}
         i = 0
         with np.errstate(all="ignore"):
-            for k, s in zip(self.kernels, states):
-                lb = k.lookback
+            for st, s in zip(self._stages, stage_states):
+                b.run_stage(st, s)
+            for k, s, lb in zip(self.kernels, states, self._lookbacks):
                 vals = k.step(xp, s, b)
                 if lb <= t_min:
                     for v in vals:
@@ -287,7 +328,7 @@ class FeatureEngine:
             self._t[idx] = t + 1
             for f, win in hist.items():
                 self._hist[f].commit(idx, win)
-            for full, part in zip(self._states, states):
+            for full, part in zip((*self._states, *self._stage_states), (*states, *stage_states)):
                 for key, v in part.items():
                     full[key][idx] = v
         return out
@@ -298,7 +339,8 @@ class FeatureEngine:
         """Every row's state as bytes (host memory), restorable with `restore`."""
         snap = _Snapshot(_SNAPSHOT_VERSION, self.state_digest, self.n, _pack(self._t),
                          {f: h.pack() for f, h in self._hist.items()},
-                         [{k: _pack(v) for k, v in s.items()} for s in self._states])
+                         [{k: _pack(v) for k, v in s.items()} for s in self._states],
+                         [{k: _pack(v) for k, v in s.items()} for s in self._stage_states])
         return msgspec.msgpack.encode(snap)
 
     def restore(self, data: bytes) -> None:
@@ -319,3 +361,4 @@ class FeatureEngine:
         self._t = _unpack(xp, snap.t).copy()
         self._hist = {f: _History.unpack(xp, a) for f, a in snap.hist.items()}
         self._states = [{k: _unpack(xp, a).copy() for k, a in s.items()} for s in snap.states]
+        self._stage_states = [{k: _unpack(xp, a).copy() for k, a in s.items()} for s in snap.stage_states]

@@ -19,6 +19,12 @@ Rules a kernel follows:
   own warm-up depends on more than the bar count (an input that may be missing) returns NaN itself.
 * A feature TA-Lib also computes repeats TA-Lib's arithmetic in TA-Lib's order, so the float
   results agree to rounding (see tests/test_features_talib.py).
+
+Kernels that compute the same intermediate (the five LINEARREG functions share one least-squares
+fit, the directional kernels one set of Wilder sums) declare it as a `Stage` in `Kernel.stages`:
+the engine keeps one state per distinct stage, advances it once per close before the kernels run,
+and each kernel reads that bar's result with `Bars.stage`. A kernel alone (`Indicator`) runs its
+own stages the same way, so sharing changes no value.
 """
 
 from __future__ import annotations
@@ -26,11 +32,25 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, ClassVar
 
-__all__ = ["Bars", "Kernel", "FIELDS", "fmt_param"]
+__all__ = ["Bars", "Kernel", "Stage", "FIELDS", "DERIVED", "derive", "fmt_param"]
 
 # Bar fields a kernel may read. ``ref_close`` is the close of the reference symbol's bar of the
 # same interval (NaN where it is unknown); ``ts_ns`` is the bar's start time.
 FIELDS = ("open", "high", "low", "close", "volume", "vwap", "buy_volume", "sell_volume", "ref_close")
+# Columns the engine derives from each bar when a kernel reads their history (`Kernel.windows`):
+# computed once per close and appended to a shared history like a bar field, where a kernel would
+# recompute them for every slot of its window every close. ``typical`` is the typical price.
+DERIVED = ("typical",)
+
+
+def derive(field: str, cols: dict[str, Any]):
+    """The derived column ``field`` (one of `DERIVED`) of one bar per row, from the bar fields.
+
+    ``typical``: (high + low + close) / 3.0, rounded as every kernel that computes it rounds it.
+    """
+    if field == "typical":
+        return (cols["high"] + cols["low"] + cols["close"]) / 3.0
+    raise KeyError(field)
 
 
 def fmt_param(value: Any) -> str:
@@ -48,10 +68,11 @@ class Bars:
         n: number of rows.
         t: int64 bars seen by each row before this one (0 on a row's first bar).
         ts_ns: int64 start time of each row's bar.
-        open, high, low, close, volume, vwap, buy_volume, sell_volume, ref_close: float64 columns.
+        open, high, low, close, volume, vwap, buy_volume, sell_volume, ref_close: float64 columns;
+            a `DERIVED` column too when some kernel reads its history.
     """
 
-    __slots__ = ("xp", "n", "t", "ts_ns", "_cols", "_hist")
+    __slots__ = ("xp", "n", "t", "ts_ns", "_cols", "_hist", "_stages")
 
     def __init__(self, xp: ModuleType, t, ts_ns, cols: dict[str, Any], hist: dict[str, Any]) -> None:
         self.xp = xp
@@ -60,6 +81,7 @@ class Bars:
         self.ts_ns = ts_ns
         self._cols = cols
         self._hist = hist
+        self._stages: dict[Any, Any] = {}  # Stage.key -> this bar's result, filled by `run_stage`
 
     def __getattr__(self, name: str):
         try:
@@ -74,6 +96,63 @@ class Bars:
         `Kernel.windows`; the result is a view of the engine's shared history, never to be written.
         """
         return self._hist[field][-width:].T
+
+    def run_stage(self, stage: "Stage", state: dict[str, Any]) -> None:
+        """Advances ``stage`` (its ``state``) by this bar and keeps the result for `stage`; the
+        engine calls it once per close for every stage, dependencies first."""
+        self._stages[stage.key] = stage.step(self.xp, state, self)
+
+    def stage(self, stage: "Stage"):
+        """This bar's result of ``stage``, shared by every kernel that reads it: never to be written.
+
+        Raises:
+            KeyError: the stage was not declared (in `Kernel.stages` or `Stage.stages`).
+        """
+        try:
+            return self._stages[stage.key]
+        except KeyError:
+            raise KeyError(f"{stage!r} was not run for this bar: declare it in stages()") from None
+
+
+class Stage:
+    """An intermediate result several kernels read, computed once per close for all of them.
+
+    Like a kernel without outputs of its own: parameters (``__init__`` keywords), `windows`,
+    `init` and `step`, with the same rules. Its state lives in the engine beside the kernels'
+    states, one per distinct `key` (class and parameters), so two kernels asking for equal stages
+    share one state and one computation. `step` returns whatever its readers need (an array or a
+    tuple of arrays); readers get it with `Bars.stage` and must not write into it. A stage may read
+    other stages, named in `stages`.
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self._key = (type(self), tuple(params.items()))  # looked up by every reader every close
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the computation: equal keys, equal results."""
+        return self._key
+
+    def stages(self) -> tuple["Stage", ...]:
+        """Stages this one reads through `Bars.stage` (advanced before it)."""
+        return ()
+
+    def windows(self) -> dict[str, int]:
+        """Widths of the shared input histories this stage reads through `Bars.window`."""
+        return {}
+
+    def init(self, xp: ModuleType, n: int) -> dict[str, Any]:
+        """Fresh state for ``n`` rows: every array has ``n`` as its first axis."""
+        return {}
+
+    def step(self, xp: ModuleType, s: dict[str, Any], b: Bars) -> Any:
+        """Advances ``s`` by the bar ``b`` of each row; returns this bar's result."""
+        raise NotImplementedError
 
 
 class Kernel:
@@ -126,6 +205,10 @@ class Kernel:
     def windows(self) -> dict[str, int]:
         """Widths of the shared input histories this kernel reads through `Bars.window`."""
         return {}
+
+    def stages(self) -> tuple[Stage, ...]:
+        """Shared stages this kernel reads through `Bars.stage`."""
+        return ()
 
     def init(self, xp: ModuleType, n: int) -> dict[str, Any]:
         """Fresh state for ``n`` rows: every array has ``n`` as its first axis."""

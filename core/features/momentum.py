@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from core.errors import ConfigError
 from core.features import _prim
+from core.features._prim import HighLow
 from core.features._prim import check_periods as _check_periods
-from core.features.kernel import Kernel
+from core.features.kernel import Kernel, Stage
 
 __all__ = [
     "RSI", "STOCH", "STOCHF", "STOCHRSI", "ROC", "ROCP", "ROCR", "ROCR100", "MOM", "WILLR", "CCI",
@@ -263,6 +264,54 @@ def _fast_k(xp, highest, lowest, x):
     return xp.where(flat, 0.0, ((x - lowest) / rng) * 100.0)
 
 
+class _RSILine(Stage):
+    """TA-Lib's RSI of the close (`_rsi`): one stage for RSI and STOCHRSI of the same period."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def init(self, xp, n):
+        return _rsi_init(xp, n)
+
+    def step(self, xp, s, b):
+        return _rsi(xp, s, b.close, b.t, self.params["timeperiod"])
+
+
+class _FastK(Stage):
+    """Fast %K of the close in the last ``fastk_period`` bars' range (`_fast_k`): one stage for
+    STOCH and STOCHF of the same %K period."""
+
+    def __init__(self, fastk_period: int) -> None:
+        super().__init__(fastk_period=fastk_period)
+        self._extremes = HighLow(fastk_period)
+
+    def stages(self):
+        return (self._extremes,)
+
+    def step(self, xp, s, b):
+        highest, lowest = b.stage(self._extremes)
+        return _fast_k(xp, highest, lowest, b.close)
+
+
+class _FastKMA(Stage):
+    """TA_MA of the fast %K (`_ma`, from the bar %K is first defined): STOCH's slow %K and
+    STOCHF's %D, the same line when their periods and MA types agree (5/3/SMA by default)."""
+
+    def __init__(self, fastk_period: int, period: int, matype: int) -> None:
+        super().__init__(fastk_period=fastk_period, period=period, matype=matype)
+        self._fastk = _FastK(fastk_period)
+
+    def stages(self):
+        return (self._fastk,)
+
+    def init(self, xp, n):
+        return _ma_init(xp, n, self.params["matype"], self.params["period"])
+
+    def step(self, xp, s, b):
+        p = self.params
+        return _ma(xp, s, "", b.stage(self._fastk), b.t - (p["fastk_period"] - 1), p["matype"], p["period"])
+
+
 def _close_sma(xp, s, key: str, b, period: int):
     """TA-Lib's SMA of the close (`_prim.sma`'s arithmetic) with the running total in ``s[key]``
     and the value leaving the window read from the shared close history (``windows`` must ask for
@@ -299,16 +348,17 @@ class RSI(Kernel):
     def __init__(self, timeperiod: int = 14) -> None:
         _check_periods("RSI", 2, timeperiod=timeperiod)
         super().__init__(timeperiod=timeperiod)
+        self._rsi = _RSILine(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
-    def init(self, xp, n):
-        return _rsi_init(xp, n)
+    def stages(self):
+        return (self._rsi,)
 
     def step(self, xp, s, b):
-        return (_rsi(xp, s, b.close, b.t, self.params["timeperiod"]),)
+        return (b.stage(self._rsi),)
 
 
 # ------------------------------------------------------------------------------------ stochastics
@@ -339,28 +389,24 @@ class STOCH(Kernel):
         _check_matype("STOCH", "slowd_matype", slowd_matype)
         super().__init__(fastk_period=fastk_period, slowk_period=slowk_period, slowk_matype=slowk_matype,
                          slowd_period=slowd_period, slowd_matype=slowd_matype)
+        self._slowk = _FastKMA(fastk_period, slowk_period, slowk_matype)
 
     @property
     def lookback(self) -> int:
         p = self.params
         return p["fastk_period"] - 1 + p["slowk_period"] - 1 + p["slowd_period"] - 1
 
-    def windows(self):
-        w = self.params["fastk_period"]
-        return {"high": w, "low": w}
+    def stages(self):
+        return (self._slowk,)
 
     def init(self, xp, n):
         p = self.params
-        return {**_with_prefix("k.", _ma_init(xp, n, p["slowk_matype"], p["slowk_period"])),
-                **_with_prefix("d.", _ma_init(xp, n, p["slowd_matype"], p["slowd_period"]))}
+        return _with_prefix("d.", _ma_init(xp, n, p["slowd_matype"], p["slowd_period"]))
 
     def step(self, xp, s, b):
         p = self.params
-        w = p["fastk_period"]
-        fastk = _fast_k(xp, _across(xp, b.window("high", w)).max(axis=0),
-                        _across(xp, b.window("low", w)).min(axis=0), b.close)
-        tk = b.t - (w - 1)
-        slowk = _ma(xp, s, "k.", fastk, tk, p["slowk_matype"], p["slowk_period"])
+        slowk = b.stage(self._slowk)
+        tk = b.t - (p["fastk_period"] - 1)
         slowd = _ma(xp, s, "d.", slowk, tk - (p["slowk_period"] - 1), p["slowd_matype"], p["slowd_period"])
         return slowk, slowd
 
@@ -386,25 +432,18 @@ class STOCHF(Kernel):
         _check_periods("STOCHF", 1, fastk_period=fastk_period, fastd_period=fastd_period)
         _check_matype("STOCHF", "fastd_matype", fastd_matype)
         super().__init__(fastk_period=fastk_period, fastd_period=fastd_period, fastd_matype=fastd_matype)
+        self._fastk = _FastK(fastk_period)
+        self._fastd = _FastKMA(fastk_period, fastd_period, fastd_matype)
 
     @property
     def lookback(self) -> int:
         return self.params["fastk_period"] - 1 + self.params["fastd_period"] - 1
 
-    def windows(self):
-        w = self.params["fastk_period"]
-        return {"high": w, "low": w}
-
-    def init(self, xp, n):
-        return _with_prefix("d.", _ma_init(xp, n, self.params["fastd_matype"], self.params["fastd_period"]))
+    def stages(self):
+        return (self._fastk, self._fastd)
 
     def step(self, xp, s, b):
-        p = self.params
-        w = p["fastk_period"]
-        fastk = _fast_k(xp, _across(xp, b.window("high", w)).max(axis=0),
-                        _across(xp, b.window("low", w)).min(axis=0), b.close)
-        fastd = _ma(xp, s, "d.", fastk, b.t - (w - 1), p["fastd_matype"], p["fastd_period"])
-        return fastk, fastd
+        return b.stage(self._fastk), b.stage(self._fastd)
 
 
 class STOCHRSI(Kernel):
@@ -431,22 +470,26 @@ class STOCHRSI(Kernel):
         _check_matype("STOCHRSI", "fastd_matype", fastd_matype)
         super().__init__(timeperiod=timeperiod, fastk_period=fastk_period, fastd_period=fastd_period,
                          fastd_matype=fastd_matype)
+        self._rsi = _RSILine(timeperiod)
 
     @property
     def lookback(self) -> int:
         p = self.params
         return p["timeperiod"] + p["fastk_period"] - 1 + p["fastd_period"] - 1
 
+    def stages(self):
+        return (self._rsi,)
+
     def init(self, xp, n):
         p = self.params
-        return {**_rsi_init(xp, n), "rsi_ring": _prim.window_init(xp, n, p["fastk_period"]),
+        return {"rsi_ring": _prim.window_init(xp, n, p["fastk_period"]),
                 **_with_prefix("d.", _ma_init(xp, n, p["fastd_matype"], p["fastd_period"]))}
 
     def step(self, xp, s, b):
         p = self.params
         period, w = p["timeperiod"], p["fastk_period"]
         tr = b.t - period  # RSI values seen before this one
-        rsi = _rsi(xp, s, b.close, b.t, period)
+        rsi = b.stage(self._rsi)
         # The last fastk_period RSI values, in any order, time-major for the max/min across them.
         ring, flat = _ring(xp, s, "rsi_ring", time_major=True)
         flat[_ring_pos(xp, ring, tr)] = rsi
@@ -473,19 +516,17 @@ class WILLR(Kernel):
     def __init__(self, timeperiod: int = 14) -> None:
         _check_periods("WILLR", 2, timeperiod=timeperiod)
         super().__init__(timeperiod=timeperiod)
+        self._extremes = HighLow(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"] - 1
 
-    def windows(self):
-        w = self.params["timeperiod"]
-        return {"high": w, "low": w}
+    def stages(self):
+        return (self._extremes,)
 
     def step(self, xp, s, b):
-        w = self.params["timeperiod"]
-        highest = _across(xp, b.window("high", w)).max(axis=0)
-        lowest = _across(xp, b.window("low", w)).min(axis=0)
+        highest, lowest = b.stage(self._extremes)
         rng = highest - lowest
         flat = _is_zero_scaled(xp, rng, xp.abs(highest) + xp.abs(lowest))
         return (xp.where(flat, 0.0, ((highest - b.close) / rng) * -100.0),)

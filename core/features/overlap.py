@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from core.errors import ConfigError
+from core.features._prim import HighLow
 from core.features._prim import check_periods as _check_periods
-from core.features.kernel import Kernel
+from core.features.kernel import Kernel, Stage
 
 __all__ = [
     "SMA", "EMA", "WMA", "DEMA", "TEMA", "TRIMA", "KAMA", "T3", "MIDPOINT", "MIDPRICE", "MACD",
@@ -454,8 +455,10 @@ class MIDPOINT(Kernel):
         return {"close": self.params["timeperiod"]}
 
     def step(self, xp, s, b):
-        win = b.window("close", self.params["timeperiod"])
-        return ((win.max(axis=1) + win.min(axis=1)) / 2.0,)
+        # Reduced along axis 0 of the window's transpose, the time-major history: across rows,
+        # several times faster than along each row's short window.
+        win = b.window("close", self.params["timeperiod"]).T
+        return ((win.max(axis=0) + win.min(axis=0)) / 2.0,)
 
 
 class MIDPRICE(Kernel):
@@ -474,18 +477,18 @@ class MIDPRICE(Kernel):
     def __init__(self, timeperiod: int = 14) -> None:
         _check_periods("MIDPRICE", 2, timeperiod=timeperiod)
         super().__init__(timeperiod=timeperiod)
+        self._extremes = HighLow(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"] - 1
 
-    def windows(self):
-        p = self.params["timeperiod"]
-        return {"high": p, "low": p}
+    def stages(self):
+        return (self._extremes,)
 
     def step(self, xp, s, b):
-        p = self.params["timeperiod"]
-        return ((b.window("high", p).max(axis=1) + b.window("low", p).min(axis=1)) / 2.0,)
+        highest, lowest = b.stage(self._extremes)
+        return ((highest + lowest) / 2.0,)
 
 
 # ---------------------------------------------------------------------------------- MACD
@@ -659,8 +662,9 @@ class MACDEXT(Kernel):
 # ---------------------------------------------------------------------------------- linear regression
 
 
-class _LinReg(Kernel):
-    """Least-squares line through the last ``timeperiod`` closes, kept as TA-Lib keeps it.
+class _LinRegFit(Stage):
+    """Least-squares line through the last ``timeperiod`` closes, kept as TA-Lib keeps it; this
+    bar's (slope m, intercept b), shared by the five LINEARREG kernels of one period.
 
     TA-Lib's x counts bars back from the newest (x = n-1 for the oldest), so its SumXY weights the
     oldest close most and the slope's sign comes back through the negative divisor. The window sums
@@ -675,19 +679,12 @@ class _LinReg(Kernel):
     it decides the 100x trigger, which its residue cannot move.
     """
 
-    talib_inputs = ("close",)
-    family = "overlap"
     _RESCAN_EVERY = 32  # outputs between TA-Lib's scheduled rebuilds, in units of timeperiod
     _OUTLIER = 100.0  # TA-Lib rebuilds when |n*leaving| > _OUTLIER * sum|y|
     _MAYBE = 50.0  # the outlier accumulator is open while n*|its leaving close| > _MAYBE * |close|
 
-    def __init__(self, timeperiod: int = 14) -> None:
-        _check_periods(self.talib, 2, timeperiod=timeperiod)
+    def __init__(self, timeperiod: int) -> None:
         super().__init__(timeperiod=timeperiod)
-
-    @property
-    def lookback(self) -> int:
-        return self.params["timeperiod"] - 1
 
     def windows(self):
         return {"close": self.params["timeperiod"] + 1}
@@ -701,8 +698,8 @@ class _LinReg(Kernel):
                 # Bars the outlier accumulator has summed, less one; -inf while it is closed.
                 "out_age": xp.full(n, -float("inf"))}
 
-    def _fit(self, xp, s, b):
-        """(m, b): slope and intercept of TA-Lib's fit for this bar (advances ``s``)."""
+    def step(self, xp, s, b):
+        """(m, b): slope and intercept of TA-Lib's fit for this bar."""
         p = self.params["timeperiod"]
         x = b.close
         ax = xp.abs(x)
@@ -740,6 +737,30 @@ class _LinReg(Kernel):
         s["due"] = xp.where(rebuild, float(self._RESCAN_EVERY * p), due)
         m = (p * sum_xy - sum_x * sum_y) / divisor
         return m, (sum_y - m * sum_x) / p
+
+
+class _LinReg(Kernel):
+    """A reading of TA-Lib's least-squares fit over the last ``timeperiod`` closes (`_LinRegFit`,
+    one stage for every LINEARREG kernel of that period: the fit is most of their cost)."""
+
+    talib_inputs = ("close",)
+    family = "overlap"
+
+    def __init__(self, timeperiod: int = 14) -> None:
+        _check_periods(self.talib, 2, timeperiod=timeperiod)
+        super().__init__(timeperiod=timeperiod)
+        self._fit_stage = _LinRegFit(timeperiod)
+
+    @property
+    def lookback(self) -> int:
+        return self.params["timeperiod"] - 1
+
+    def stages(self):
+        return (self._fit_stage,)
+
+    def _fit(self, xp, s, b):
+        """(m, b): slope and intercept of TA-Lib's fit for this bar."""
+        return b.stage(self._fit_stage)
 
 
 class LINEARREG(_LinReg):

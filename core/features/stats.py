@@ -37,7 +37,7 @@ values are the same either way; the tests run both paths).
 
 from __future__ import annotations
 
-from core.features.kernel import Kernel
+from core.features.kernel import Kernel, Stage
 
 __all__ = ["RetMean", "RetStd", "RetZScore", "RetMin", "RetMax", "RetPctRank", "RetSkew", "RetKurt",
            "LogRet", "AutoCorr", "BETA", "CORREL", "defaults"]
@@ -220,31 +220,42 @@ class _Returns(Kernel):
 # ------------------------------------------------------------------------ rolling moments
 
 
-class _RetMoments(_Returns):
+class _PowerSums(Stage):
     """Running compensated power sums ``S_1..S_order`` of the last ``timeperiod`` returns and the
     count of equal neighbouring returns in the window (``timeperiod - 1`` once the window is full:
     a constant window). From order 3 the sums are rebuilt from the window when the largest square
     added since the last rebuild exceeds ``_REBUILD_RATIO`` times the current S_2 (see the
-    module's notes)."""
+    module's notes).
 
-    order = 1
+    Each S_k is advanced on its own and the rebuild test reads only S_2, so the sums up to order 2
+    are the same whichever order is kept, and so are those up to order 4 once order >= 3: one
+    stage of order 2 serves ret_mean, ret_std and ret_zscore, one of order 4 ret_skew and ret_kurt.
+    """
+
     _REBUILD_RATIO = 1e8
+
+    def __init__(self, timeperiod: int, order: int) -> None:
+        super().__init__(timeperiod=timeperiod, order=order)
+
+    def windows(self):
+        return {"close": self.params["timeperiod"] + 1}
 
     def init(self, xp, n):
         # r1 = r_{t-1}, lead = r_{t-p}: this bar's r_t and r_{t-p+1}, carried to the next one.
         s = {"eq": xp.zeros(n, dtype=xp.int32), "r1": xp.full(n, NAN), "lead": xp.full(n, NAN)}
-        for k in range(1, self.order + 1):
+        for k in range(1, self.params["order"] + 1):
             s[f"s{k}"] = xp.zeros(n)
             s[f"c{k}"] = xp.zeros(n)
-        if self.order >= 3:
+        if self.params["order"] >= 3:
             s["big"] = xp.zeros(n)
         return s
 
-    def _advance(self, xp, s, b):
-        """Advances the sums; returns (latest return, power sums S_1.., constant-window flag, three
-        scratch arrays). The flag is meaningful once the window is full (t >= timeperiod: the
-        outputs before that are masked); the sums are fresh arrays the caller may overwrite."""
-        p = self.params["timeperiod"]
+    def step(self, xp, s, b):
+        """Advances the sums; returns (latest return, [(S_k, its compensation) for k = 1..order],
+        constant-window flag). The flag is meaningful once the window is full (t >= timeperiod:
+        the outputs before that are masked). All shared: a reader adds each pair into an array of
+        its own."""
+        p, order = self.params["timeperiod"], self.params["order"]
         w = b.window("close", p + 1)  # close_{t-p} .. close_t
         r = _ret(xp, w[:, -1], w[:, -2])     # r_t
         lead = _ret(xp, w[:, 1], w[:, 0])    # r_{t-p+1}, the oldest return kept
@@ -262,22 +273,21 @@ class _RetMoments(_Returns):
         add, old = _zero_nan(xp, warm, r), _zero_nan(xp, warm, r_old)
         tmp = (xp.empty_like(r), xp.empty_like(r), xp.empty_like(r))
         pa, na, sq = add, -old, None  # na = -old^k, formed as (-old^(k-1)) * old: the same bits
-        for k in range(1, self.order + 1):
+        for k in range(1, order + 1):
             if k > 1:
                 pa, na = pa * add, na * old
                 sq = pa if k == 2 else sq
             _add_sub(xp, s[f"s{k}"], s[f"c{k}"], pa, na, *tmp)
-        if self.order >= 3:
+        if order >= 3:
             big = xp.maximum(s["big"], sq, out=s["big"])
             need = big > self._REBUILD_RATIO * (s["s2"] + s["c2"])
             if not warm:
                 need &= lead == lead  # a full window (t >= p): r_{t-p+1} exists
-            keys = [f"{x}{k}" for k in range(1, self.order + 1) for x in "sc"] + ["big"]
+            keys = [f"{x}{k}" for k in range(1, order + 1) for x in "sc"] + ["big"]
             new = _on_rows(xp, need, lambda rows: self._rebuild(xp, _window_rows(xp, w, rows)),
                            [s[k] for k in keys])
             s.update(zip(keys, new))
-        sums = [s[f"s{k}"] + s[f"c{k}"] for k in range(1, self.order + 1)]
-        return r, sums, eq == p - 1, tmp
+        return r, [(s[f"s{k}"], s[f"c{k}"]) for k in range(1, order + 1)], eq == p - 1
 
     def _rebuild(self, xp, w):
         """The compensated sums and the largest square of the window's returns. The rebuilt sums
@@ -285,11 +295,32 @@ class _RetMoments(_Returns):
         after the returns it was computed from have left."""
         r = _ret(xp, w[:, 1:], w[:, :-1])  # r_{t-p+1..t}
         out, pk = [], r
-        for k in range(1, self.order + 1):
+        for k in range(1, self.params["order"] + 1):
             if k > 1:
                 pk = pk * r
             out += list(_exact_sum(xp, pk))
         return out + [(r * r).max(axis=1)]
+
+
+class _RetMoments(_Returns):
+    """A kernel on the power sums ``S_1..S_order`` of the last ``timeperiod`` returns, read from
+    the `_PowerSums` stage it shares with the other moments of that period."""
+
+    order = 1
+
+    def __init__(self, timeperiod: int = 20) -> None:
+        super().__init__(timeperiod)
+        self._sums = _PowerSums(timeperiod, 2 if self.order <= 2 else 4)
+
+    def stages(self):
+        return (self._sums,)
+
+    def _advance(self, xp, s, b):
+        """(latest return, power sums S_1.., constant-window flag, three scratch arrays); the sums
+        are fresh arrays the caller may overwrite."""
+        r, pairs, const = b.stage(self._sums)
+        sums = [sk + ck for sk, ck in pairs[:self.order]]
+        return r, sums, const, (xp.empty_like(r), xp.empty_like(r), xp.empty_like(r))
 
 
 def _sample_std(xp, n: float, sums, out):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from core.errors import ConfigError
-from core.features.kernel import Kernel
+from core.features.kernel import Kernel, Stage
 from core.features.momentum import _across, _patch_rows, _ring, _ring_pos, _slot
 
 __all__ = ["SAR", "ADX", "ADXR", "DX", "PLUS_DI", "MINUS_DI", "PLUS_DM", "MINUS_DM", "AROON", "AROONOSC",
@@ -139,9 +139,102 @@ def _tr1(xp, b):
     return xp.maximum(xp.maximum(b.high - b.low, xp.abs(b.high - prev_close)), xp.abs(b.low - prev_close))
 
 
+class _DMSums(Stage):
+    """TA-Lib's Wilder running sums of the one-bar +DM, -DM and true range over ``timeperiod``
+    bars, by key (``pdm``: +DM_p, ``mdm``: -DM_p, ``tr``: TR_p): one stage for every directional
+    kernel of that period (seven by default), each reading the sums it needs.
+
+    The plain sum of the values of bars 1..p-1 (bar 0 has none), then ``acc - acc / p + x``; the
+    plain sums only for rows still warming up. Each sum is advanced on its own, so a kernel
+    reading one of them gets the value it would get computing that sum alone.
+    """
+
+    _KEYS = ("pdm", "mdm", "tr")
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def windows(self):
+        return {"high": 2, "low": 2, "close": 2}
+
+    def init(self, xp, n):
+        return {key: xp.zeros(n) for key in self._KEYS}
+
+    def step(self, xp, s, b):
+        p, t = self.params["timeperiod"], b.t
+        xs = _dm1(xp, b, self._KEYS)
+        xs["tr"] = _tr1(xp, b)
+        xs = [xs[key] for key in self._KEYS]
+        accs = [s[key] for key in self._KEYS]
+
+        def general(t, *args):
+            n = len(args) // 2
+            return [xp.where(t >= p, acc - acc / p + x, xp.where(t >= 1, acc + x, acc))
+                    for acc, x in zip(args[:n], args[n:])]
+
+        sums = _patch_rows(xp, t < p, general, (t, *accs, *xs),
+                           lambda: [acc - acc / p + x for acc, x in zip(accs, xs)])
+        for key, v in zip(self._KEYS, sums):
+            s[key] = v
+        return dict(zip(self._KEYS, sums))
+
+
+class _DXLine(Stage):
+    """(DX, valid) of ``timeperiod``: valid where TA-Lib computes a DX (TR and +DI + -DI not
+    zero). Shared by DX, ADX and ADXR."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+        self._sums = _DMSums(timeperiod)
+
+    def stages(self):
+        return (self._sums,)
+
+    def step(self, xp, s, b):
+        sums = b.stage(self._sums)
+        pdm, mdm, tr = sums["pdm"], sums["mdm"], sums["tr"]
+        minus_di = 100.0 * (mdm / tr)
+        plus_di = 100.0 * (pdm / tr)
+        total = minus_di + plus_di
+        # Both DIs are >= 0 (NaN only where TR is 0), so TA_IS_ZERO(total) is total < 1e-14.
+        valid = (tr != 0) & (total >= 1e-14)
+        return 100.0 * (xp.abs(minus_di - plus_di) / total), valid
+
+
+class _ADXLine(Stage):
+    """TA-Lib's ADX of ``timeperiod`` (see ADX), shared by ADX and ADXR."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+        self._dx = _DXLine(timeperiod)
+
+    def stages(self):
+        return (self._dx,)
+
+    def init(self, xp, n):
+        return {"adx": xp.zeros(n)}
+
+    def step(self, xp, s, b):
+        p, t = self.params["timeperiod"], b.t
+        dx, valid = b.stage(self._dx)
+        prev = s["adx"]
+
+        def general(t, prev, dx, valid):
+            # Bars p..2p-1 accumulate the DX sum in "adx" (bars before p add 0 to its initial 0,
+            # an undefined DX adds 0: later, it leaves ADX unchanged); bar 2p-1 divides it;
+            # Wilder from then on.
+            seed = prev + xp.where(valid & (t >= p), dx, 0.0)
+            return xp.where(valid & (t >= 2 * p), (prev * (p - 1) + dx) / p,
+                            xp.where(t == 2 * p - 1, seed / p, seed)),
+
+        s["adx"], = adx, = _patch_rows(xp, t < 2 * p, general, (t, prev, dx, valid),
+                                       lambda: (xp.where(valid, (prev * (p - 1) + dx) / p, prev),))
+        return adx
+
+
 class _Directional(Kernel):
-    """Shared state of the directional-movement kernels: Wilder sums of +DM, -DM and TR, those
-    of ``_sums`` (each kernel keeps the ones it reads)."""
+    """A directional-movement kernel: reads the Wilder sums of +DM, -DM and TR of its period
+    (`_DMSums`, shared by every such kernel), those of ``_sums``."""
 
     family = "trend"
     inputs = ("high", "low", "close")
@@ -154,51 +247,14 @@ class _Directional(Kernel):
         if timeperiod < least:
             raise ConfigError(f"{self.fn} needs timeperiod >= {least}, got {timeperiod}")
         super().__init__(timeperiod=timeperiod)
+        self._dm = _DMSums(timeperiod)
 
-    def windows(self):
-        w = {"high": 2, "low": 2}
-        if "tr" in self._sums:
-            w["close"] = 2
-        return w
-
-    def init(self, xp, n):
-        return {key: xp.zeros(n) for key in self._sums}
+    def stages(self):
+        return (self._dm,)
 
     def _advance(self, xp, s, b):
-        """Advances the sums by one bar; returns them by key (``pdm``: +DM_p, ``mdm``: -DM_p,
-        ``tr``: TR_p).
-
-        TA-Lib's Wilder running sums: the plain sum of the values of bars 1..p-1 (bar 0 has
-        none), then ``acc - acc / p + x``; the plain sums only for rows still warming up.
-        """
-        p, t = self.params["timeperiod"], b.t
-        xs = _dm1(xp, b, self._sums)
-        if "tr" in self._sums:
-            xs["tr"] = _tr1(xp, b)
-        xs = [xs[key] for key in self._sums]
-        accs = [s[key] for key in self._sums]
-
-        def general(t, *args):
-            n = len(args) // 2
-            return [xp.where(t >= p, acc - acc / p + x, xp.where(t >= 1, acc + x, acc))
-                    for acc, x in zip(args[:n], args[n:])]
-
-        sums = _patch_rows(xp, t < p, general, (t, *accs, *xs),
-                           lambda: [acc - acc / p + x for acc, x in zip(accs, xs)])
-        for key, v in zip(self._sums, sums):
-            s[key] = v
-        return s
-
-    def _dx(self, xp, s, b):
-        """(DX, valid): valid where TA-Lib computes a DX (TR and +DI + -DI not zero)."""
-        sums = self._advance(xp, s, b)
-        pdm, mdm, tr = sums["pdm"], sums["mdm"], sums["tr"]
-        minus_di = 100.0 * (mdm / tr)
-        plus_di = 100.0 * (pdm / tr)
-        total = minus_di + plus_di
-        # Both DIs are >= 0 (NaN only where TR is 0), so TA_IS_ZERO(total) is total < 1e-14.
-        valid = (tr != 0) & (total >= 1e-14)
-        return 100.0 * (xp.abs(minus_di - plus_di) / total), valid
+        """This bar's sums by key (``pdm``: +DM_p, ``mdm``: -DM_p, ``tr``: TR_p)."""
+        return b.stage(self._dm)
 
 
 class PLUS_DM(_Directional):
@@ -301,15 +357,22 @@ class DX(_Directional):
 
     fn, talib = "dx", "DX"
 
+    def __init__(self, timeperiod: int = 14) -> None:
+        super().__init__(timeperiod)
+        self._dx_line = _DXLine(timeperiod)
+
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
+    def stages(self):
+        return (self._dx_line,)
+
     def init(self, xp, n):
-        return {**super().init(xp, n), "dx": xp.zeros(n)}
+        return {"dx": xp.zeros(n)}
 
     def step(self, xp, s, b):
-        dx, valid = self._dx(xp, s, b)
+        dx, valid = b.stage(self._dx_line)
         s["dx"] = xp.where(valid & (b.t >= self.params["timeperiod"]), dx, s["dx"])
         return (s["dx"],)
 
@@ -328,29 +391,19 @@ class ADX(_Directional):
 
     fn, talib = "adx", "ADX"
 
+    def __init__(self, timeperiod: int = 14) -> None:
+        super().__init__(timeperiod)
+        self._adx_line = _ADXLine(timeperiod)
+
     @property
     def lookback(self) -> int:
         return 2 * self.params["timeperiod"] - 1
 
-    def init(self, xp, n):
-        return {**super().init(xp, n), "adx": xp.zeros(n)}
+    def stages(self):
+        return (self._adx_line,)
 
     def _adx(self, xp, s, b):
-        p, t = self.params["timeperiod"], b.t
-        dx, valid = self._dx(xp, s, b)
-        prev = s["adx"]
-
-        def general(t, prev, dx, valid):
-            # Bars p..2p-1 accumulate the DX sum in "adx" (bars before p add 0 to its initial 0,
-            # an undefined DX adds 0: later, it leaves ADX unchanged); bar 2p-1 divides it;
-            # Wilder from then on.
-            seed = prev + xp.where(valid & (t >= p), dx, 0.0)
-            return xp.where(valid & (t >= 2 * p), (prev * (p - 1) + dx) / p,
-                            xp.where(t == 2 * p - 1, seed / p, seed)),
-
-        s["adx"], = adx, = _patch_rows(xp, t < 2 * p, general, (t, prev, dx, valid),
-                                       lambda: (xp.where(valid, (prev * (p - 1) + dx) / p, prev),))
-        return adx
+        return b.stage(self._adx_line)
 
     def step(self, xp, s, b):
         return (self._adx(xp, s, b),)
@@ -373,7 +426,7 @@ class ADXR(ADX):
         return 3 * self.params["timeperiod"] - 2
 
     def init(self, xp, n):
-        return {**super().init(xp, n), "lag": xp.full((n, self.params["timeperiod"] - 1), NAN)}
+        return {"lag": xp.full((n, self.params["timeperiod"] - 1), NAN)}
 
     def step(self, xp, s, b):
         adx = self._adx(xp, s, b)
@@ -408,6 +461,32 @@ def _latest_extreme(xp, ext, age, x, win, p: int, highest: bool):
     return _patch_rows(xp, age > p, rescan, (win[:, ::-1],), lambda: (ext, age))
 
 
+class _BarsSince(Stage):
+    """(bars since the highest high, bars since the lowest low) of the last timeperiod+1 bars, as
+    TA-Lib's AROON keeps them; one stage for AROON and AROONOSC of the same period.
+
+    The highest high and lowest low of the window and the bars since each are kept (an argmax over
+    the window every bar costs several times more; TA-Lib keeps them too), see `_latest_extreme`.
+    """
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def windows(self):
+        p = self.params["timeperiod"]
+        return {"high": p + 1, "low": p + 1}
+
+    def init(self, xp, n):
+        return {"hh": xp.full(n, -float("inf")), "hh_age": xp.zeros(n, dtype=xp.int64),
+                "ll": xp.full(n, float("inf")), "ll_age": xp.zeros(n, dtype=xp.int64)}
+
+    def step(self, xp, s, b):
+        p = self.params["timeperiod"]
+        s["hh"], s["hh_age"] = _latest_extreme(xp, s["hh"], s["hh_age"], b.high, b.window("high", p + 1), p, True)
+        s["ll"], s["ll_age"] = _latest_extreme(xp, s["ll"], s["ll_age"], b.low, b.window("low", p + 1), p, False)
+        return s["hh_age"], s["ll_age"]
+
+
 class AROON(Kernel):
     """Aroon down and up: how recent the lowest low and highest high of the window are (TA-Lib AROON).
 
@@ -426,27 +505,18 @@ class AROON(Kernel):
 
     def __init__(self, timeperiod: int = 14) -> None:
         super().__init__(timeperiod=timeperiod)
+        self._since = _BarsSince(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
-    def windows(self):
-        p = self.params["timeperiod"]
-        return {"high": p + 1, "low": p + 1}
-
-    def init(self, xp, n):
-        # The highest high and lowest low of the window and the bars since each: an argmax over
-        # the window every bar costs several times more than keeping them (TA-Lib keeps them too).
-        return {"hh": xp.full(n, -float("inf")), "hh_age": xp.zeros(n, dtype=xp.int64),
-                "ll": xp.full(n, float("inf")), "ll_age": xp.zeros(n, dtype=xp.int64)}
+    def stages(self):
+        return (self._since,)
 
     def _bars_since(self, xp, s, b):
         """(bars since the highest high, bars since the lowest low) of the last timeperiod+1 bars."""
-        p = self.params["timeperiod"]
-        s["hh"], s["hh_age"] = _latest_extreme(xp, s["hh"], s["hh_age"], b.high, b.window("high", p + 1), p, True)
-        s["ll"], s["ll_age"] = _latest_extreme(xp, s["ll"], s["ll_age"], b.low, b.window("low", p + 1), p, False)
-        return s["hh_age"], s["ll_age"]
+        return b.stage(self._since)
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]

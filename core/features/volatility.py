@@ -6,7 +6,7 @@ import math
 
 from core.errors import ConfigError
 from core.features import _prim
-from core.features.kernel import Kernel
+from core.features.kernel import Kernel, Stage
 
 __all__ = ["TRANGE", "ATR", "NATR", "BBANDS", "STDDEV", "VAR", "Keltner", "Donchian", "RealizedVol",
            "Parkinson", "GarmanKlass", "defaults"]
@@ -138,6 +138,39 @@ def _rolling_sum(xp, s, key: str, new, old, add, drop):
     return xp.where(bad > 0, NAN, total + err)
 
 
+class _ATRLine(Stage):
+    """TA-Lib's ATR of ``timeperiod`` (`_atr` of `_true_range`): one stage for ATR, NATR and
+    Keltner of the same period."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def windows(self):
+        return {"close": 2}
+
+    def init(self, xp, n):
+        return _atr_init(xp, n)
+
+    def step(self, xp, s, b):
+        return _atr(xp, s, _true_range(xp, b), b.t, self.params["timeperiod"])
+
+
+class _ShiftedVar(Stage):
+    """`_shifted_var` of ``timeperiod``: one stage for VAR, STDDEV and BBANDS of the same period."""
+
+    def __init__(self, timeperiod: int) -> None:
+        super().__init__(timeperiod=timeperiod)
+
+    def windows(self):
+        return {"close": self.params["timeperiod"]}
+
+    def init(self, xp, n):
+        return _var_init(xp, n, self.params["timeperiod"])
+
+    def step(self, xp, s, b):
+        return _shifted_var(xp, s, b, self.params["timeperiod"])
+
+
 # ------------------------------------------------------------------------------------- TA-Lib
 
 
@@ -186,19 +219,17 @@ class ATR(Kernel):
 
     def __init__(self, timeperiod: int = 14) -> None:
         super().__init__(timeperiod=timeperiod)
+        self._atr = _ATRLine(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
-    def windows(self):
-        return {"close": 2}
-
-    def init(self, xp, n):
-        return _atr_init(xp, n)
+    def stages(self):
+        return (self._atr,)
 
     def step(self, xp, s, b):
-        return (_atr(xp, s, _true_range(xp, b), b.t, self.params["timeperiod"]),)
+        return (b.stage(self._atr),)
 
 
 class NATR(Kernel):
@@ -217,20 +248,18 @@ class NATR(Kernel):
 
     def __init__(self, timeperiod: int = 14) -> None:
         super().__init__(timeperiod=timeperiod)
+        self._atr = _ATRLine(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
-    def windows(self):
-        return {"close": 2}
-
-    def init(self, xp, n):
-        return _atr_init(xp, n)
+    def stages(self):
+        return (self._atr,)
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        atr = _atr(xp, s, _true_range(xp, b), b.t, p)
+        atr = b.stage(self._atr)
         if p <= 1:  # TA-Lib: period 1 is the raw true range, not normalized
             return (atr,)
         close = b.close
@@ -258,6 +287,7 @@ class BBANDS(Kernel):
         if matype != 0:
             raise ConfigError(f"BBANDS supports matype 0 (SMA) only, got {matype}")
         super().__init__(timeperiod=timeperiod, nbdevup=nbdevup, nbdevdn=nbdevdn, matype=matype)
+        self._var = _ShiftedVar(timeperiod)
 
     @property
     def lookback(self) -> int:
@@ -266,8 +296,11 @@ class BBANDS(Kernel):
     def windows(self):
         return {"close": self.params["timeperiod"]}
 
+    def stages(self):
+        return (self._var,)
+
     def init(self, xp, n):
-        return {"ma_total": xp.zeros(n), **_var_init(xp, n, self.params["timeperiod"])}
+        return {"ma_total": xp.zeros(n)}
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
@@ -275,7 +308,7 @@ class BBANDS(Kernel):
         tmp = s["ma_total"] + b.close
         mid = tmp / p
         s["ma_total"] = xp.where(b.t >= p - 1, tmp - b.window("close", p)[:, 0], tmp)
-        sd = xp.sqrt(_shifted_var(xp, s, b, p))
+        sd = xp.sqrt(b.stage(self._var))
         if up == dn:
             dev = sd * up
             return mid + dev, mid, mid - dev
@@ -296,19 +329,17 @@ class STDDEV(Kernel):
 
     def __init__(self, timeperiod: int = 20, nbdev: float = 1.0) -> None:
         super().__init__(timeperiod=timeperiod, nbdev=nbdev)
+        self._var = _ShiftedVar(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"] - 1
 
-    def windows(self):
-        return {"close": self.params["timeperiod"]}
-
-    def init(self, xp, n):
-        return _var_init(xp, n, self.params["timeperiod"])
+    def stages(self):
+        return (self._var,)
 
     def step(self, xp, s, b):
-        sd = xp.sqrt(_shifted_var(xp, s, b, self.params["timeperiod"]))
+        sd = xp.sqrt(b.stage(self._var))
         k = float(self.params["nbdev"])
         return (sd if k == 1.0 else sd * k,)
 
@@ -331,19 +362,17 @@ class VAR(Kernel):
 
     def __init__(self, timeperiod: int = 20, nbdev: float = 1.0) -> None:
         super().__init__(timeperiod=timeperiod, nbdev=nbdev)
+        self._var = _ShiftedVar(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"] - 1
 
-    def windows(self):
-        return {"close": self.params["timeperiod"]}
-
-    def init(self, xp, n):
-        return _var_init(xp, n, self.params["timeperiod"])
+    def stages(self):
+        return (self._var,)
 
     def step(self, xp, s, b):
-        return (_shifted_var(xp, s, b, self.params["timeperiod"]),)
+        return (b.stage(self._var),)
 
 
 # --------------------------------------------------------------------------------- non-TA-Lib
@@ -368,16 +397,17 @@ class Keltner(Kernel):
 
     def __init__(self, timeperiod: int = 20, multiplier: float = 2.0) -> None:
         super().__init__(timeperiod=timeperiod, multiplier=multiplier)
+        self._atr = _ATRLine(timeperiod)
 
     @property
     def lookback(self) -> int:
         return self.params["timeperiod"]
 
-    def windows(self):
-        return {"close": 2}
+    def stages(self):
+        return (self._atr,)
 
     def init(self, xp, n):
-        return {"ema_sum": xp.zeros(n), "ema_v": xp.full(n, NAN), **_atr_init(xp, n)}
+        return {"ema_sum": xp.zeros(n), "ema_v": xp.full(n, NAN)}
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
@@ -386,7 +416,7 @@ class Keltner(Kernel):
         e = {"sum": s["ema_sum"], "v": s["ema_v"]}
         mid = _prim.ema(xp, e, typical, b.t, p, 2.0 / (p + 1))
         s["ema_sum"], s["ema_v"] = e["sum"], e["v"]
-        band = k * _atr(xp, s, _true_range(xp, b), b.t, p)
+        band = k * b.stage(self._atr)
         return mid + band, mid, mid - band
 
 
@@ -419,8 +449,10 @@ class Donchian(Kernel):
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        upper = b.window("high", p).max(axis=1)
-        lower = b.window("low", p).min(axis=1)
+        # Along axis 0 of the time-major history (the window's transpose): across rows, several
+        # times faster than along each row's short window.
+        upper = b.window("high", p).T.max(axis=0)
+        lower = b.window("low", p).T.min(axis=0)
         return upper, (upper + lower) * 0.5, lower
 
 

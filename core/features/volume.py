@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.features._prim import ordered_sum
 from core.features.kernel import Kernel
 from core.features.volatility import _rolling_sum, _rsum_init
 
@@ -221,17 +222,17 @@ class VWAP(Kernel):
 
     def windows(self):
         w = self.params["timeperiod"] + 1
-        return {"high": w, "low": w, "close": w, "volume": w}
+        return {"typical": w, "volume": w}
 
     def init(self, xp, n):
         return {**_rsum_init(xp, n, "pv"), **_rsum_init(xp, n, "v")}
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        typical = _typical(b)
-        h, lo, c, v = (b.window(f, p + 1)[:, 0] for f in ("high", "low", "close", "volume"))
+        typical = b.typical
+        leaving, v = (b.window(f, p + 1)[:, 0] for f in ("typical", "volume"))
         add, drop = b.t >= 0, b.t >= p
-        pv = _rolling_sum(xp, s, "pv", typical * b.volume, ((h + lo + c) / 3.0) * v, add, drop)
+        pv = _rolling_sum(xp, s, "pv", typical * b.volume, leaving * v, add, drop)
         vol = _rolling_sum(xp, s, "v", b.volume, v, add, drop)
         return (xp.where(vol > 0.0, pv / vol, typical),)
 
@@ -272,21 +273,22 @@ class VolumeProfile(Kernel):
 
     def windows(self):
         p = self.params["timeperiod"]
-        return {"high": p, "low": p, "close": p, "volume": p}
+        return {"high": p, "low": p, "typical": p, "volume": p}
 
     def step(self, xp, s, b):
         p, nb = self.params["timeperiod"], _VP_BINS
         n = b.n
         # The shared histories, time-major (p, n): the window's max and min reduce along the outer
         # axis, per-row values broadcast along contiguous rows, and the ravels below are free.
-        high, low, close, vol = (b.window(f, p).T for f in ("high", "low", "close", "volume"))
+        # (Running extremes, as AROON keeps them, cost more here: at 50 bars the rescans of the
+        # rows whose extreme left the window outweigh two reductions.)
+        high, low, typical, vol = (b.window(f, p).T for f in ("high", "low", "typical", "volume"))
         hi, lo = high.max(axis=0), low.min(axis=0)
         width = hi - lo
         scale = xp.where(width > 0.0, nb / width, 0.0)
-        x = high + low
-        x += close
-        x /= 3.0  # the typical price, rounded as _typical rounds it
-        x -= lo
+        # The typical price of each bar comes from the engine's shared history (computed once per
+        # close, not once per window slot).
+        x = typical - lo
         x *= scale
         # Clipped before the cast (the truncation of the clipped value is the clipped floor), so
         # that a close far outside its bar's range cannot overflow the cast. NaN, a slot before a
@@ -397,10 +399,10 @@ class ImbalanceRolling(Kernel):
 
     def step(self, xp, s, b):
         p = self.params["timeperiod"]
-        # cumsum adds left to right whatever the memory layout and row count; sum() would add
-        # pairwise for one row and sequentially for many, and Indicator must equal the engine
-        buy = xp.cumsum(b.window("buy_volume", p), axis=1)[:, -1]
-        sell = xp.cumsum(b.window("sell_volume", p), axis=1)[:, -1]
+        # Added oldest first whatever the row count (Indicator must equal the engine), across
+        # rows of the time-major history (the window's transpose).
+        buy = ordered_sum(xp, b.window("buy_volume", p).T)
+        sell = ordered_sum(xp, b.window("sell_volume", p).T)
         return (xp.where((buy == 0.0) & (sell == 0.0), 0.0, (buy - sell) / (buy + sell)),)
 
 
