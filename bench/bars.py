@@ -5,10 +5,13 @@ timestamps, cuts them into wire batches of 500 trades and feeds them to one BarB
 five timeframes on one core. The baseline, measured in the same run on a subset, is the obvious
 per-trade loop (a dict of bars per bucket). Two time scales are run: the recorded spacing (about
 one trade per 25 s, so nearly every trade opens a new 1 s and 5 s bar) and the same trades with
-their time gaps divided by 1000 (about 40 trades/s, a busy venue).
+their time gaps divided by 1000 (about 40 trades/s, a busy venue). Each scale is also run through
+`BarBuilder.update_many` with runs of batches of up to ``--run-trades`` trades per call, as the
+bar worker feeds consecutive messages of one series (same bars; the engine's fixed cost per call
+is paid once per run).
 
 Usage:
-    .venv/bin/python bench/bars.py [--trades 2000000] [--batch 500] [--baseline-trades 200000]
+    .venv/bin/python bench/bars.py [--trades 2000000] [--batch 500] [--baseline-trades 200000] [--run-trades 8192]
 """
 
 from __future__ import annotations
@@ -77,6 +80,24 @@ def run_builder(items: list[TradeBatch], lateness_ns: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n_bars
 
 
+def run_builder_many(items: list[TradeBatch], lateness_ns: int, run_trades: int) -> tuple[float, int]:
+    """`BarBuilder.update_many` over runs of consecutive batches of up to ``run_trades`` trades,
+    as the bar worker feeds them (`core.bar_worker.RUN_TRADES`)."""
+    builder = BarBuilder(TIMEFRAMES, lateness_ns)
+    n_bars = 0
+    t0 = time.perf_counter()
+    lo = 0
+    while lo < len(items):
+        hi, n = lo + 1, len(items[lo])
+        while hi < len(items) and n < run_trades:
+            n += len(items[hi])
+            hi += 1
+        n_bars += sum(len(bars) for bars, _ in builder.update_many(items[lo:hi]))
+        lo = hi
+    n_bars += len(builder.flush())
+    return time.perf_counter() - t0, n_bars
+
+
 def run_naive(cols: dict[str, np.ndarray], lateness_ns: int) -> tuple[float, int]:
     """The baseline: one Python iteration per trade and timeframe, bars in a dict per bucket."""
     rows = list(zip(*(cols[k].tolist() for k in ("ts_ns", "recv_ns", "px", "qty", "side"))))
@@ -125,6 +146,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--baseline-trades", type=int, default=200_000)
     parser.add_argument("--lateness-ms", type=float, default=1000.0)
+    parser.add_argument("--run-trades", type=int, default=8192,
+                        help="trades per update_many call, whole batches (the worker's RUN_TRADES; default 8192)")
     args = parser.parse_args()
     lateness_ns = int(args.lateness_ms * 1e6)
     base = load_kraken(DATA)
@@ -147,6 +170,12 @@ def main() -> int:
         print(f"{label:<22}{'naive':<12}{len(sub['ts_ns']):>10,}{naive_bars:>10,}{naive_s:>9.2f}{naive_rate:>13,.0f}{1.0:>8.2f}")
         print(f"{'':<22}{'BarBuilder':<12}{args.trades:>10,}{vec_bars:>10,}{vec_s:>9.2f}{vec_rate:>13,.0f}"
               f"{vec_rate / naive_rate:>8.2f}")
+        many_s, many_bars = run_builder_many(items, lateness_ns, args.run_trades)
+        if many_bars != vec_bars:
+            print(f"  warning: bar counts differ: update_many {many_bars}, update {vec_bars}")
+        many_rate = args.trades / many_s
+        print(f"{'':<22}{'update_many':<12}{args.trades:>10,}{many_bars:>10,}{many_s:>9.2f}{many_rate:>13,.0f}"
+              f"{many_rate / naive_rate:>8.2f}")
     return 0
 
 

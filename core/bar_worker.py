@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError
 
 from core import streams, subjects
 from core._consumer import WorkerGapError, next_delivery, rebind
-from core._jspublish import AckedPublisher
+from core._jspublish import AckedPublisher, Message
 from core._service import run_command
 from core.bars import BarBuilder
 from core.config import Config, WorkerConfig
@@ -44,6 +44,10 @@ log = logging.getLogger("tickmesh.worker")
 
 METRICS_SUBJECT = "tickmesh.metrics.worker"
 _SCHEMA = str(SCHEMA_VERSION)
+# Consecutive messages of one series go to the bar builder together up to about this many trades:
+# the builder's fixed cost per call is paid off well before, while the bars of a longer run (up to
+# ~1.2 per trade where trades are sparse) would pile up as objects before they are published.
+RUN_TRADES = 8192
 
 
 def _end_then_longer(bar) -> tuple[int, int]:
@@ -143,69 +147,111 @@ class BarWorker:
                 await self.on_start()
 
     async def on_chunk(self, msgs: list) -> None:
-        """Handles one fetched chunk: bars out, acks in, snapshot in between."""
+        """Handles one fetched chunk: bars out, acks in, snapshot in between.
+
+        Consecutive messages of one (venue, symbol) go to the bar builder in one call
+        (`BarBuilder.update_many`, much cheaper than one call per message): its output does not
+        depend on how trades are cut into batches, and it says which message closed each bar and
+        carried each late trade, so the bars, their order on BARS, their trace parents and the
+        dead letters are exactly those of handling one message at a time.
+        """
+        run: list[tuple[object, int, TradeBatch]] = []
+        run_trades = 0
+        high_seq = self.stats.last_seq  # the newest stream sequence taken in, run included
         for msg in msgs:
             meta = msg.metadata
             self._consumer_seq = next_delivery(self._consumer_seq, meta)
             seq = meta.sequence.stream
-            if seq <= self.stats.last_seq:
-                continue  # redelivered and already in the snapshot
-            await self.on_trades(msg)
-            self.stats.last_seq = seq
-            self.stats.messages += 1
+            if seq <= high_seq:
+                continue  # redelivered and already in the snapshot (or in this run)
+            high_seq = seq
+            try:
+                batch = self._codec.decode(msg.data)
+                if not isinstance(batch, TradeBatch):
+                    raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
+            except SchemaError as exc:
+                await self._on_run(run)
+                run, run_trades = [], 0
+                await self._out.publish(*self._dead_letter(msg, seq, str(exc), msg.data))
+                self._done(seq, 0)
+                continue
+            if run and (run_trades >= RUN_TRADES or batch.symbol != run[-1][2].symbol
+                        or batch.venue != run[-1][2].venue):
+                await self._on_run(run)
+                run, run_trades = [], 0
+            run.append((msg, seq, batch))
+            run_trades += len(batch)
+        await self._on_run(run)
         await self._out.wait()
         snap = _Snapshot(self.stats.last_seq, self._builder.snapshot())
         await self._kv.put(self._state_key, msgspec.msgpack.encode(snap))
         if msgs:
             await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the whole chunk
 
-    async def on_trades(self, msg) -> None:
-        """Feeds one message to the bar builder and publishes what it closed and what came late."""
+    async def _on_run(self, run: list[tuple[object, int, TradeBatch]]) -> None:
+        """Feeds consecutive batches of one series to the builder; publishes what each closed and
+        what came late, message by message."""
+        if not run:
+            return
         try:
-            batch = self._codec.decode(msg.data)
-            if not isinstance(batch, TradeBatch):
-                raise SchemaError(f"expected a TradeBatch on {msg.subject}, got {type(batch).__name__}")
             # The builder checks columns and values (NaN, negative size, ...) and leaves its state
             # unchanged when it refuses a batch: a poison message is dead-lettered, not retried forever.
-            bars = self._builder.update(batch)
+            results = self._builder.update_many([batch for _, _, batch in run])
         except (SchemaError, ValidationError) as exc:
-            await self._dead_letter(msg, str(exc), msg.data)
+            if len(run) == 1:
+                msg, seq, _ = run[0]
+                await self._out.publish(*self._dead_letter(msg, seq, str(exc), msg.data))
+                self._done(seq, 0)
+                return
+            for item in run:  # one at a time, so that only the refused message is dead-lettered
+                await self._on_run([item])
             return
-        self.stats.trades += len(batch)
+        for (msg, seq, batch), (bars, late) in zip(run, results):
+            out: list[Message] = []
+            if bars:
+                self._bar_messages(msg, bars, out)
+            for i, entry in enumerate(late):
+                self.stats.late_trades += len(entry.trades)
+                reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"
+                out.append(self._dead_letter(msg, seq, reason, self._codec.encode(entry.trades), tag=f"{entry.tf}.{i}"))
+            if out:
+                # One write per message, not per run: acks of the earlier messages come back
+                # while the later ones are encoded (a run of sparse trades closes thousands of bars).
+                await self._out.publish_many(out)
+            self._done(seq, len(batch))
+
+    def _done(self, seq: int, trades: int) -> None:
+        self.stats.last_seq = seq
+        self.stats.messages += 1
+        self.stats.trades += trades
+
+    def _bar_messages(self, msg, bars: list, out: list[Message]) -> None:
+        """Appends the bars one message closed to ``out``, as messages for BARS."""
         # Publish in end-time order, the longer timeframe first on a tie: a consumer joining a
         # higher timeframe onto a lower one then always has the higher bar it needs already.
         bars.sort(key=_end_then_longer)
-        late = self._builder.late_trades()
-        if bars:
-            # Bars this batch closed continue its trace: handling the message is one span, the
-            # parent of every bar it closed (one traceparent per message, not per bar).
-            parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
-            trace = traceparent(parent)
-            encode = self._codec.encode
-            bar_subjects = self._bar_subjects
-            out = []
-            for bar in bars:
-                key = (bar.tf, bar.venue, bar.symbol)
-                subject = bar_subjects.get(key) or bar_subjects.setdefault(key, subjects.bar(*key))
-                out.append((subject, encode(bar),
-                            {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: trace}))
-            await self._out.publish_many(out)
-            self.stats.bars += len(bars)
-        for i, entry in enumerate(late):
-            self.stats.late_trades += len(entry.trades)
-            reason = f"late: {len(entry.trades)} trades after the {entry.tf} bar closed"
-            await self._dead_letter(msg, reason, self._codec.encode(entry.trades), tag=f"{entry.tf}.{i}")
+        # Bars this message closed continue its trace: handling the message is one span, the
+        # parent of every bar it closed (one traceparent per message, not per bar).
+        parent = msg.headers.get(HDR_TRACEPARENT) if msg.headers else None
+        trace = traceparent(parent)
+        encode = self._codec.encode
+        bar_subjects = self._bar_subjects
+        for bar in bars:
+            key = (bar.tf, bar.venue, bar.symbol)
+            subject = bar_subjects.get(key) or bar_subjects.setdefault(key, subjects.bar(*key))
+            out.append((subject, encode(bar), {HDR_MSG_ID: bar_msg_id(bar), HDR_SCHEMA: _SCHEMA, HDR_TRACEPARENT: trace}))
+        self.stats.bars += len(bars)
 
-    async def _dead_letter(self, msg, reason: str, raw: bytes, tag: str = "") -> None:
+    def _dead_letter(self, msg, seq: int, reason: str, raw: bytes, tag: str = "") -> Message:
+        """The dead letter of message ``msg`` (stream sequence ``seq``), as a message to publish."""
         self.stats.dead_letters += 1
         try:
             venue = subjects.parse(msg.subject).venue
         except Exception:  # a subject outside our families still gets its dead letter
             venue = "unknown"
         letter = DeadLetter("worker", venue, reason, raw=raw, recv_ns=time.time_ns(), detail=msg.subject)
-        seq = msg.metadata.sequence.stream
-        await self._out.publish(subjects.dlq("worker", venue), self._codec.encode(letter),
-                                {HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
+        return (subjects.dlq("worker", venue), self._codec.encode(letter),
+                {HDR_MSG_ID: f"dlq.worker.{seq}.{tag}", HDR_REASON: reason, HDR_SCHEMA: _SCHEMA})
 
     async def lag(self) -> int:
         """Messages in the stream not yet delivered to this worker."""

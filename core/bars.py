@@ -31,8 +31,9 @@ Watermark and late-trade policy (the contract every consumer of bars relies on):
 * **Input.** Trades must have finite prices and sizes, sizes >= 0 and event times >= 0 (the
   epoch); a batch breaking this raises :class:`core.errors.ValidationError` and changes nothing.
 
-All timeframes are aggregated in one NumPy pass per batch: every trade gets one row per
-timeframe keyed by (timeframe, bucket); a stable argsort by key runs only when the batch is not in
+All timeframes are aggregated in one NumPy pass per batch (per run of consecutive batches of one
+series with :meth:`BarBuilder.update_many`, which splits the output back per batch): every trade
+gets one row per timeframe keyed by (timeframe, bucket); a stable argsort by key runs only when the batch is not in
 event-time order; ``reduceat`` aggregates runs of equal keys; the runs are merged into the few open
 bars by key. Python loops run over emitted bars and a few blocks of runs, never over trades.
 
@@ -47,7 +48,7 @@ Example:
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import msgspec
 import numpy as np
@@ -59,9 +60,10 @@ __all__ = ["BarBuilder", "LateTrades", "DEFAULT_LATENESS_NS"]
 
 DEFAULT_LATENESS_NS = 1_000_000_000
 
-# Batches larger than this are processed in slices: the result is the same (the output does not
-# depend on chunking) and the working arrays stay small.
-_MAX_SLICE = 2048
+# Batches (and update_many runs) larger than this are processed in slices: the result is the same
+# (the output does not depend on chunking) and the working arrays stay small. Bars close at a
+# slice's end, each attributed to the trade whose watermark closed it.
+_MAX_SLICE = 8192
 _SNAPSHOT_VERSION = 1
 # Padding cells a fold matrix may carry beyond twice its values before runs are split (see _fold).
 _FOLD_SLACK_CELLS = 4096
@@ -78,6 +80,7 @@ _I_KEY, _I_START, _I_END, _I_OPEN_TS, _I_CLOSE_TS, _I_N, _I_RECV = range(7)
 _F_OPEN, _F_CLOSE, _F_HIGH, _F_LOW, _F_VOL, _F_PXQ, _F_BUY, _F_SELL = range(8)
 _F_SUMS = slice(_F_VOL, _F_SELL + 1)
 _N_I, _N_F = 7, 8
+_ROW_BYTES = {name: np.dtype(dtype).itemsize for name, dtype in TradeBatch.DTYPES.items()}
 
 
 class LateTrades(msgspec.Struct, frozen=True, array_like=True):
@@ -174,29 +177,39 @@ class BarBuilder:
             ValidationError: a price or size is NaN/infinite, a size is negative or an event time
                 is before the epoch.
         """
-        cols = batch.columns()
-        ts = cols["ts_ns"]
-        n = ts.shape[0]
-        if n == 0:
-            return []
-        _check(batch, cols)
-        key = (batch.venue, batch.symbol)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
-        closed = [self._update_slice(batch, series, cols, lo, min(lo + _MAX_SLICE, n))
-                  for lo in range(0, n, _MAX_SLICE)]
-        closed = [part for part in closed if part is not None]
-        if not closed:
-            return []
-        if len(closed) == 1:
-            ints, floats = closed[0]
-        else:  # later slices close later bars, but keep the promised order whatever happens
-            ints = np.concatenate([p[0] for p in closed])
-            floats = np.concatenate([p[1] for p in closed])
-            order = np.argsort(ints[:, _I_KEY], kind="stable")
-            ints, floats = ints[order], floats[order]
-        return self._emit(batch.venue, batch.symbol, ints, floats)
+        bars, late = self.update_many((batch,))[0]
+        self._pending_late.extend(late)
+        return bars
+
+    def update_many(self, batches: Sequence[TradeBatch]) -> list[tuple[list[Bar], list[LateTrades]]]:
+        """Adds batches one after the other; returns, per batch, the bars it closed and its late trades.
+
+        The result is ``[(update(b), late_trades()) for b in batches]`` bar for bar and entry for
+        entry (with nothing pending before), but consecutive batches of one (venue, symbol) are
+        folded together, in slices of up to ``_MAX_SLICE`` trades instead of one pass per batch:
+        a bar is attributed to the batch holding the trade whose watermark closed it, a late trade
+        to the batch that carried it. Late trades are handed back here, not kept for
+        :meth:`late_trades`.
+
+        Every batch is checked before any state changes: if one is refused, the builder is left
+        as it was (and a caller can retry the batches one by one to isolate the bad one).
+
+        Raises:
+            SchemaError, ValidationError: as :meth:`update`, for any of the batches.
+        """
+        runs = []  # (venue, symbol, trades per batch, joined columns), all checked first
+        lo = 0
+        while lo < len(batches):
+            venue, symbol = batches[lo].venue, batches[lo].symbol
+            hi = lo + 1
+            while hi < len(batches) and batches[hi].venue == venue and batches[hi].symbol == symbol:
+                hi += 1
+            runs.append((venue, symbol, *_run_columns(batches[lo:hi])))
+            lo = hi
+        out: list[tuple[list[Bar], list[LateTrades]]] = []
+        for venue, symbol, lens, cols in runs:
+            out += self._update_run(venue, symbol, lens, cols)
+        return out
 
     def flush(self) -> list[Bar]:
         """Closes and returns every open bar: the end of the input (offline use only).
@@ -272,9 +285,57 @@ class BarBuilder:
         return builder
 
     # --- the vectorized core --------------------------------------------------------------------
-    def _update_slice(self, batch: TradeBatch, series: _Series, cols: dict[str, np.ndarray], lo: int,
-                      hi: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Folds rows [lo, hi) of the batch into the series; returns the rows of the bars it closed."""
+    def _update_run(self, venue: str, symbol: str, lens: list[int],
+                    cols: dict[str, np.ndarray]) -> list[tuple[list[Bar], list[LateTrades]]]:
+        """Folds the checked, joined columns of consecutive batches of one series (``lens[b]``
+        trades from batch b); splits the output per batch."""
+        n = sum(lens)
+        out: list[tuple[list[Bar], list[LateTrades]]] = [([], []) for _ in lens]
+        if n == 0:
+            return out
+        key = (venue, symbol)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        late_rows: list[tuple[int, np.ndarray]] = []
+        closed = []
+        for lo in range(0, n, _MAX_SLICE):
+            part = self._update_slice(series, cols, lo, min(lo + _MAX_SLICE, n), late_rows)
+            if part is not None:
+                closed.append(part)
+        # ends[b]: one past the last row of batch b in the run.
+        ends = np.cumsum(lens) if late_rows or len(lens) > 1 else None
+        if late_rows:
+            self._split_late(venue, symbol, cols, ends, late_rows, out)
+        if not closed:
+            return out
+        if len(closed) == 1:
+            ints, floats, close_row = closed[0]
+        else:
+            ints, floats, close_row = (np.concatenate([p[i] for p in closed]) for i in range(3))
+        if len(lens) == 1:
+            if len(closed) > 1:  # later slices close later bars, but keep the promised order
+                order = np.argsort(ints[:, _I_KEY], kind="stable")
+                ints, floats = ints[order], floats[order]
+            out[0][0].extend(self._emit(venue, symbol, ints, floats))
+            return out
+        # The batch whose trade moved the watermark past a bar's end is the one that closed it.
+        owner = np.searchsorted(ends, close_row, side="right")
+        order = np.lexsort((ints[:, _I_KEY], owner))
+        ints, floats, owner = ints[order], floats[order], owner[order]
+        bars = self._emit(venue, symbol, ints, floats)
+        cut = np.searchsorted(owner, np.arange(len(lens) + 1)).tolist()
+        for b in np.unique(owner).tolist():
+            out[b][0].extend(bars[cut[b]:cut[b + 1]])
+        return out
+
+    def _update_slice(self, series: _Series, cols: dict[str, np.ndarray], lo: int, hi: int,
+                      late_rows: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Folds rows [lo, hi) of the columns into the series.
+
+        Late rows are appended to ``late_rows`` as (timeframe index, rows). Returns the rows of
+        the bars it closed and, per bar, the row whose watermark closed it, or None.
+        """
         ts = cols["ts_ns"][lo:hi]
         px = cols["px"][lo:hi]
         qty = cols["qty"][lo:hi]
@@ -286,14 +347,15 @@ class BarBuilder:
         if series.max_ts_ns > run_max[0]:
             run_max = np.maximum(run_max, series.max_ts_ns)
         new_max = int(run_max[-1])
+        watermark = run_max - self.lateness_ns
 
         bucket = ts // self._tf_col  # (timeframes, trades)
-        late = (bucket + 1) * self._tf_col <= run_max - self.lateness_ns
+        late = (bucket + 1) * self._tf_col <= watermark
         keys = (bucket + self._key_col).ravel()
         rows = None  # which trade each key row is; None: timeframe blocks of all n trades in order
         if late.any():
             for t in np.flatnonzero(late.any(axis=1)).tolist():
-                self._record_late(batch, self.timeframes[t], cols, lo + np.flatnonzero(late[t]))
+                late_rows.append((t, lo + np.flatnonzero(late[t])))
             kept = np.flatnonzero(~late.ravel())
             keys = keys[kept]
             rows = kept % n
@@ -306,19 +368,34 @@ class BarBuilder:
         series.max_ts_ns = new_max
 
         ints = series.ints
-        done = ints[:, _I_END] <= new_max - self.lateness_ns
+        end = ints[:, _I_END]
+        done = end <= watermark[-1]
         if not done.any():
             return None
         keep = ~done
-        closed = ints[done], series.floats[done]
+        # The watermark only grows: the first row where it reaches a bar's end closed that bar.
+        close_row = lo + np.searchsorted(watermark, end[done], side="left")
+        closed = ints[done], series.floats[done], close_row
         series.ints, series.floats = ints[keep], series.floats[keep]
         return closed
 
-    def _record_late(self, batch: TradeBatch, tf: str, cols: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        key = (batch.venue, tf)
-        self.late[key] = self.late.get(key, 0) + int(rows.shape[0])
-        trades = TradeBatch.from_columns(batch.venue, batch.symbol, **{name: c[rows] for name, c in cols.items()})
-        self._pending_late.append(LateTrades(tf, trades))
+    def _split_late(self, venue: str, symbol: str, cols: dict[str, np.ndarray], ends: np.ndarray,
+                    late_rows: list[tuple[int, np.ndarray]], out: list[tuple[list[Bar], list[LateTrades]]]) -> None:
+        """Counts late rows and hands them back to their batches: one entry per batch and
+        timeframe, in timeframe order, its trades in arrival order."""
+        tf_idx = np.concatenate([np.full(rows.shape[0], t) for t, rows in late_rows])
+        rows = np.concatenate([rows for _, rows in late_rows])
+        owner = np.searchsorted(ends, rows, side="right")
+        order = np.lexsort((rows, tf_idx, owner))
+        tf_idx, rows, owner = tf_idx[order], rows[order], owner[order]
+        group = np.flatnonzero((np.diff(tf_idx) != 0) | (np.diff(owner) != 0)) + 1
+        for a, b in zip([0, *group.tolist()], [*group.tolist(), rows.shape[0]]):
+            tf = self.timeframes[int(tf_idx[a])]
+            take = rows[a:b]
+            key = (venue, tf)
+            self.late[key] = self.late.get(key, 0) + int(take.shape[0])
+            trades = TradeBatch.from_columns(venue, symbol, **{name: c[take] for name, c in cols.items()})
+            out[int(owner[a])][1].append(LateTrades(tf, trades))
 
     def _emit(self, venue: str, symbol: str, ints: np.ndarray, floats: np.ndarray) -> list[Bar]:
         """Turns rows of bar state into Bar messages (the one per-bar Python step)."""
@@ -332,6 +409,36 @@ class BarBuilder:
             ints[:, _I_N].tolist(), floats[:, _F_BUY].tolist(), floats[:, _F_SELL].tolist(),
             ints[:, _I_RECV].tolist(),
         ))
+
+
+def _run_columns(batches: Sequence[TradeBatch]) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Trades per batch and the columns of consecutive batches of one series, joined and checked.
+
+    The wire bytes are joined column by column (one copy, no per-batch arrays).
+
+    Raises:
+        SchemaError, ValidationError: as `_check` of the first batch that fails alone.
+    """
+    if len(batches) == 1:
+        cols = batches[0].columns()
+        _check(batches[0], cols)
+        return [cols["ts_ns"].shape[0]], cols
+    lens = []
+    for batch in batches:
+        n = len(batch.ts_ns) // _ROW_BYTES["ts_ns"]
+        if any(len(getattr(batch, name)) != n * size for name, size in _ROW_BYTES.items()):
+            batch.columns()  # says which column is malformed
+            raise SchemaError(f"{batch.venue}/{batch.symbol}: ragged trade columns")
+        lens.append(n)
+    cols = {name: np.frombuffer(b"".join([getattr(batch, name) for batch in batches]), dtype)
+            for name, dtype in TradeBatch.DTYPES.items()}
+    try:
+        _check(batches[0], cols)
+    except ValidationError:
+        for batch in batches:  # the error of the batch at fault, as `update` of it would say
+            _check(batch, batch.columns())
+        raise
+    return lens, cols
 
 
 def _check(batch: TradeBatch, cols: dict[str, np.ndarray]) -> None:

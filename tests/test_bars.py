@@ -6,8 +6,10 @@ import json
 import math
 from decimal import Decimal
 
+import msgspec
 import pytest
 
+from core import bars as bars_module
 from core.bars import BarBuilder, LateTrades
 from core.errors import ConfigError, SchemaError, ValidationError
 from core.schema import TIMEFRAME_NS, Bar, TradeBatch
@@ -171,8 +173,9 @@ def test_late_trades_are_handed_back_per_timeframe():
 
 
 @pytest.mark.parametrize("data", ["sorted", "shuffled"])
-def test_chunking_does_not_change_a_single_bit(data):
-    trades = looped(kraken_trades(), 3)  # 3000 trades: all-at-once also crosses the internal slicing
+def test_chunking_does_not_change_a_single_bit(data, monkeypatch):
+    monkeypatch.setattr(bars_module, "_MAX_SLICE", 1024)  # all-at-once also crosses the internal slicing
+    trades = looped(kraken_trades(), 3)
     if data == "shuffled":
         trades = locally_shuffled(trades, 9)
     results = {}
@@ -184,6 +187,68 @@ def test_chunking_does_not_change_a_single_bit(data):
     assert bool(first[1]) == (data == "shuffled")  # late trades exercised on the shuffled data
     for chunk, result in results.items():
         assert result == first, f"chunk size {chunk} differs from chunk size 1"  # == on floats: exact
+
+
+def runs_of_two_series(trades):
+    """Batches of 1 to 700 trades of two series, in runs of one series (a, a, a, b, b, a, ...)."""
+    other = [(t[0], t[1], t[2] * 2, *t[3:]) for t in trades]
+    sizes = [1, 7, 300, 50, 700, 120]
+    out, pos, i = [], {"a": 0, "b": 0}, 0
+    while pos["a"] < len(trades) or pos["b"] < len(other):
+        for name, source, venue in (("a", trades, VENUE), ("b", other, "coinbase")):
+            for _ in range(1 + i % 3):  # run lengths 1, 2, 3
+                size = sizes[i % len(sizes)]
+                i += 1
+                if pos[name] < len(source):
+                    out.append(batch(source[pos[name]:pos[name] + size], venue=venue))
+                    pos[name] += size
+    return out
+
+
+@pytest.mark.parametrize("data", ["busy", "shuffled"])
+def test_update_many_equals_one_batch_at_a_time(data, monkeypatch):
+    monkeypatch.setattr(bars_module, "_MAX_SLICE", 64)  # runs and batches cross the internal slicing
+    trades = looped(kraken_trades(), 3)
+    if data == "busy":  # time gaps / 1000: long runs of one bar, bars closed mid-run
+        t0 = trades[0][0]
+        trades = [(t0 + (t[0] - t0) // 1000, *t[1:]) for t in trades]
+    else:
+        trades = locally_shuffled(trades, 9)
+    batches = runs_of_two_series(trades)
+    one = BarBuilder(ALL_TF, SEC // 2)
+    want = [(one.update(b), one.late_trades()) for b in batches]
+    for group in (1, 5, len(batches)):
+        many = BarBuilder(ALL_TF, SEC // 2)
+        got = [result for i in range(0, len(batches), group) for result in many.update_many(batches[i:i + group])]
+        # Bars, their order, their batch, and the late trades of each batch: bit for bit.
+        assert msgspec.msgpack.encode(got) == msgspec.msgpack.encode(want), f"groups of {group}"
+        assert many.snapshot() == one.snapshot() and many.late_trades() == []
+    closing = [i for i, (bars, _) in enumerate(want) if bars]
+    assert len(closing) > 10 and len(closing) < len(batches)
+    assert any(late for _, late in want) == (data == "shuffled")
+    for _, late in want:  # one entry per timeframe and batch, whatever the internal slicing
+        tfs = [ALL_TF.index(entry.tf) for entry in late]
+        assert tfs == sorted(set(tfs))
+
+
+def test_update_many_refuses_all_or_nothing_with_the_error_of_the_bad_batch():
+    trades = kraken_trades()
+    good = [batch(trades[i:i + 100]) for i in range(0, 400, 100)]
+    nan = batch([(trades[300][0], 0, float("nan"), 1.0, 1, 9)])
+    builder = BarBuilder(ALL_TF, 0)
+    builder.update(good[0])
+    before = builder.snapshot()
+    with pytest.raises(ValidationError) as in_run:
+        builder.update_many([good[1], good[2], nan, good[3]])
+    assert builder.snapshot() == before  # the good batches before the bad one were not applied
+    with pytest.raises(ValidationError) as alone:
+        builder.update(nan)
+    assert str(in_run.value) == str(alone.value)
+    ragged = TradeBatch(VENUE, SYMBOL, ts_ns=b"\0" * 16, recv_ns=b"\0" * 8, px=b"\0" * 16, qty=b"\0" * 16,
+                        side=b"\0" * 2, trade_id=b"\0" * 16)
+    with pytest.raises(SchemaError, match="recv_ns"):
+        builder.update_many([good[1], ragged])
+    assert builder.snapshot() == before
 
 
 def test_update_returns_bars_by_timeframe_then_start():

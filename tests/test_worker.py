@@ -19,7 +19,8 @@ from core import streams, subjects
 from core.bar_worker import BarWorker
 from core.bars import BarBuilder
 from core.config import StreamsConfig, WorkerConfig
-from core.schema import Codec, HDR_MSG_ID, Bar, DeadLetter, TradeBatch, batch_msg_id
+from core.schema import (HDR_MSG_ID, HDR_TRACEPARENT, TIMEFRAME_NS, Bar, Codec, DeadLetter, TradeBatch,
+                         batch_msg_id)
 from tests.conftest import shared_file
 
 CODEC = Codec()  # one codec for this module, as every component builds its own
@@ -144,6 +145,55 @@ async def test_late_and_garbage_input_is_dead_lettered_and_the_worker_goes_on(nc
     bars = [CODEC.decode(m.data) for m in await stream_messages(js, streams.BARS_STREAM)]
     hour = [b for b in bars if b.tf == "1h"]
     assert sum(b.n_trades for b in hour) == 1001
+
+
+async def test_runs_of_one_series_give_the_bars_traces_and_dead_letters_of_one_message_at_a_time(nc):
+    """The worker feeds consecutive messages of a series to the builder together; what it
+    publishes must still be what handling each message alone gives."""
+    js = nc.jetstream()
+    await streams.ensure(js, StreamsConfig())
+    # Chunks of 8: the late trade's run (messages 1-8) and the last run go through the builder
+    # whole; the run with the poison message (9-16) is refused and redone one message at a time.
+    cfg = WorkerConfig(fetch_batch=8)
+    good = kraken_rest_batches(loops=2, batch_size=100)
+    last_ts = int(good[5].columns()["ts_ns"][-1])
+    # A trade 10 minutes old (late for 1s..5m) and a poison message, both inside the run.
+    late = TradeBatch.from_columns("kraken", "BTC-USDT", ts_ns=[last_ts - 600 * 10**9], recv_ns=[1], px=[100.0],
+                                   qty=[1.0], side=[1], trade_id=[42])
+    nan = TradeBatch.from_columns("kraken", "BTC-USDT", ts_ns=[last_ts], recv_ns=[1], px=[float("nan")], qty=[1.0],
+                                  side=[1], trade_id=[44])
+    batches = good[:6] + [late] + good[6:12] + [nan] + good[12:]
+    trace_ids = [f"{i + 1:032x}" for i in range(len(batches))]
+    for batch, trace_id in zip(batches, trace_ids):
+        await js.publish(subjects.md(batch.venue, "trade", batch.symbol), CODEC.encode(batch),
+                         headers={HDR_MSG_ID: batch_msg_id("trade", batch),
+                                  HDR_TRACEPARENT: f"00-{trace_id}-{'0' * 15}1-01"})
+    # One message at a time: the bars each closes, in publish order, and its late trades.
+    builder = BarBuilder(cfg.timeframes, lateness_ns=int(cfg.lateness_ms * 1e6))
+    want_bars, want_letters = [], set()
+    for seq, (batch, trace_id) in enumerate(zip(batches, trace_ids), start=1):
+        if batch is nan:
+            want_letters.add(f"dlq.worker.{seq}.")
+            continue
+        closed = sorted(builder.update(batch), key=lambda b: (b.start_ns + TIMEFRAME_NS[b.tf], -TIMEFRAME_NS[b.tf]))
+        want_bars += [(bar, trace_id) for bar in closed]
+        want_letters |= {f"dlq.worker.{seq}.{entry.tf}.{i}" for i, entry in enumerate(builder.late_trades())}
+    assert len(want_letters) == 5 and len({t for _, t in want_bars}) > 3
+
+    worker = BarWorker(js, cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: _done(worker, len(batches)))
+    finally:
+        stop.set()
+        await task
+    got_bars = [(CODEC.decode(m.data), m.headers[HDR_TRACEPARENT].split("-")[1])
+                for m in await stream_messages(js, streams.BARS_STREAM)]
+    assert got_bars == want_bars  # same bars, same order, each continuing the trace of the message that closed it
+    letters = await stream_messages(js, streams.DLQ_STREAM)
+    assert {m.headers[HDR_MSG_ID] for m in letters} == want_letters
+    assert worker.stats.dead_letters == 5 and worker.stats.late_trades == 4
 
 
 @pytest.mark.timeout(240)
