@@ -336,7 +336,8 @@ class InferenceWorker(SnapshotWorker):
                 reason = self._window(vec, values)
             if reason:
                 await self.dead_letter(msg.subject, reason, msg.data, str(seq))
-                arrivals.append((vec, None))
+                if vec.tf in TIMEFRAME_NS:  # present at its bar close, so as not to hold it back
+                    arrivals.append((vec, None))
                 continue
             vectors.append(vec)
             arrivals.append((vec, len(vectors) - 1))
@@ -382,7 +383,8 @@ class InferenceWorker(SnapshotWorker):
             return None
         s.finite_run = 0
         if s.warmed:
-            return f"non-finite model features after warm-up: {[MODEL_FEATURES[i] for i in np.flatnonzero(~np.isfinite(x))]}"
+            bad = [MODEL_FEATURES[i] for i in np.flatnonzero(~np.isfinite(x))]
+            return f"non-finite model features after warm-up: {bad}"
         return None
 
     async def _predict_and_publish(self, vectors: list[FeatureVector], due: list[tuple[int, np.ndarray]],

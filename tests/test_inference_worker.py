@@ -253,13 +253,16 @@ async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):
     nan_row = one[141].array().copy()
     nan_row[one[141].names.index("rsi_14")] = np.nan
     await publish(js, [msgspec.structs.replace(one[141], values=nan_row.tobytes())])
-    await publish(js, one[142:])
+    await js.publish(subjects.feat("1h", "fx", "EUR-USD"),  # a vector of a timeframe nobody makes
+                     CODEC.encode(msgspec.structs.replace(one[142], tf="7m")))
+    await publish(js, one[143:])
     cfg, url = unreachable_triton_config()
     worker = InferenceWorker(js, cfg, url)
     await run_until(worker, len(one) + 1)
     letters = [CODEC.decode(m.data) for m in await stream_messages(js, streams.DLQ_STREAM)]
     reasons = sorted(x.reason for x in letters)
-    assert len(letters) == 3 and all(x.stage == "inference" for x in letters)
+    assert len(letters) == 4 and all(x.stage == "inference" for x in letters)
+    assert any("unknown timeframe '7m'" in r for r in reasons)
     assert any("lacks model features" in r for r in reasons)
     assert any("non-finite model features after warm-up: ['rsi_14']" in r for r in reasons)
     assert any("undecodable" in r or "expected" in r for r in reasons)
