@@ -17,7 +17,8 @@ bars, then one bar close is timed repeatedly:
 - per vector (baseline): one ``decide`` call per vector, as the worker decided before bar closes
   were grouped.
 
-Prints ms per close (median, p99), signals/s and the ratios.
+Prints ms per close (median, p99), signals/s and the ratios. The garbage collector is tuned as in a
+worker process (`core._service.tune_gc`).
 
 Usage:
     .venv/bin/python bench/decisions.py [--sizes 1000,10000] [--reps 20] [--warmup 40]
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from core import streams, subjects  # noqa: E402
 from core._jspublish import AckedPublisher  # noqa: E402
+from core._service import tune_gc  # noqa: E402
 from core.config import StreamsConfig  # noqa: E402
 from core.features.barfile import load_bars  # noqa: E402
 from core.features.featureset import FeatureSet  # noqa: E402
@@ -150,7 +152,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=40, help="bar closes before timing")
     ap.add_argument("--per-vector-max", type=int, default=1000,
                     help="largest N the slow per-vector baseline runs for")
-    return asyncio.run(run(ap.parse_args()))
+    args = ap.parse_args()
+    tune_gc()  # as the inference worker's process runs
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":
