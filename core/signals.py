@@ -165,7 +165,8 @@ class DecisionStage:
             return []
         width = 8 * len(self.names)
         for v in vectors:
-            if len(v.names) != len(self.names) or (v.names is not self.names and list(v.names) != self.names):
+            # Equal lists compare in C without a copy; anything else (a tuple) once more as a list.
+            if v.names is not self.names and v.names != self.names and list(v.names) != self.names:
                 raise SchemaError(f"{v.venue}/{v.symbol}: feature layout differs from the decision stage's")
             if len(v.values) != width:
                 raise SchemaError(f"{v.venue}/{v.symbol}: {len(v.values)} value bytes for {len(v.names)} names")

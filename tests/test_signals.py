@@ -16,6 +16,7 @@ from core.features.offline import compute
 from core.risk import RiskSettings
 from core.schema import FeatureVector, Prediction
 from core.decision import RULE_FEATURES
+from core.errors import SchemaError
 from core.signals import DecisionStage
 from tests.conftest import shared_file
 
@@ -132,3 +133,14 @@ def test_exits_can_be_turned_off(vectors):
     assert fills and len(fills) == sum(s.qty != 0 for s in signals)
     assert not any(f.id.startswith("exit.") for f in fills)
     assert all(p["stop_px"] is None for p in stage.portfolio.positions())
+
+
+def test_vectors_of_another_layout_or_length_are_refused(vectors):
+    stage = DecisionStage(vectors[0].names)
+    v = vectors[200]
+    with pytest.raises(SchemaError, match="feature layout differs"):
+        stage.decide([msgspec.structs.replace(v, names=v.names[::-1])], [{}])
+    with pytest.raises(SchemaError, match="value bytes"):
+        stage.decide([msgspec.structs.replace(v, values=v.values[:-8])], [{}])
+    same = msgspec.structs.replace(v, names=tuple(v.names))  # the same layout as a tuple is fine
+    assert stage.decide([same], [{}])[0].id == f"sig.1h.fx.EUR-USD.{v.start_ns}"
