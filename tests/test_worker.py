@@ -86,13 +86,7 @@ async def test_worker_publishes_the_bars_of_an_uninterrupted_run(nc):
     batches = kraken_rest_batches()
     await publish(js, batches)
     worker = BarWorker(js, cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await wait_until(lambda: _done(worker, len(batches)))
-    finally:
-        stop.set()
-        await task
+    await run_until_done(worker, len(batches))
     got = [CODEC.decode(m.data) for m in await stream_messages(js, streams.BARS_STREAM)]
     want = expected_bars(batches, cfg)
     assert len(want) > 100
@@ -102,6 +96,17 @@ async def test_worker_publishes_the_bars_of_an_uninterrupted_run(nc):
 
 async def _done(worker, n_messages):
     return worker.stats.messages == n_messages and await worker.lag() == 0
+
+
+async def run_until_done(worker: BarWorker, n_messages: int) -> None:
+    """Runs the worker until it has taken ``n_messages`` and nothing is pending, then stops it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: _done(worker, n_messages))
+    finally:
+        stop.set()
+        await task
 
 
 def _key(bar: Bar):
@@ -126,13 +131,7 @@ async def test_late_and_garbage_input_is_dead_lettered_and_the_worker_goes_on(nc
                                     recv_ns=[1], px=[1.0], qty=[1.0], side=[1], trade_id=[43])
     await publish(js, [after])
     worker = BarWorker(js, WorkerConfig())
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await wait_until(lambda: _done(worker, 6))
-    finally:
-        stop.set()
-        await task
+    await run_until_done(worker, 6)
     letters = [(m.headers["Tm-Reason"], CODEC.decode(m.data)) for m in await stream_messages(js, streams.DLQ_STREAM)]
     reasons = sorted(r for r, _ in letters)
     assert len([r for r in reasons if r.startswith("late: 1 trades after the")]) == 4  # 1s 5s 1m 5m
@@ -181,13 +180,7 @@ async def test_runs_of_one_series_give_the_bars_traces_and_dead_letters_of_one_m
     assert len(want_letters) == 5 and len({t for _, t in want_bars}) > 3
 
     worker = BarWorker(js, cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await wait_until(lambda: _done(worker, len(batches)))
-    finally:
-        stop.set()
-        await task
+    await run_until_done(worker, len(batches))
     got_bars = [(CODEC.decode(m.data), m.headers[HDR_TRACEPARENT].split("-")[1])
                 for m in await stream_messages(js, streams.BARS_STREAM)]
     assert got_bars == want_bars  # same bars, same order, each continuing the trace of the message that closed it
