@@ -46,15 +46,16 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import streams, subjects  # noqa: E402
+from core import streams  # noqa: E402
 from core._jspublish import AckedPublisher  # noqa: E402
 from core._service import tune_gc  # noqa: E402
 from core.config import StreamsConfig  # noqa: E402
 from core.features.barfile import load_bars  # noqa: E402
 from core.features.featureset import FeatureSet  # noqa: E402
 from core.features.offline import compute  # noqa: E402
+from core.inference_worker import signal_message  # noqa: E402
 from core.natsserver import NatsServer  # noqa: E402
-from core.schema import HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, Codec, FeatureVector, Prediction  # noqa: E402
+from core.schema import Codec, FeatureVector, Prediction  # noqa: E402
 from core.signals import DecisionStage  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "bars" / "eurusd_1h_2017-2018.csv"
@@ -87,9 +88,7 @@ def bar_close(names, values, close, ts, starts: np.ndarray, t: int) -> tuple[lis
 async def publish_signals(nc, out: AckedPublisher, codec: Codec, signals, t0: float) -> float:
     """As the inference worker publishes a close's signals: in one write, acks awaited in bulk.
     Returns the seconds from ``t0`` until the server had read them all."""
-    schema = str(SCHEMA_VERSION)
-    await out.publish_many([(subjects.sig(sig.venue, sig.symbol), codec.encode(sig),
-                             {HDR_MSG_ID: sig.id, HDR_SCHEMA: schema}) for sig in signals])
+    await out.publish_many([signal_message(codec, sig) for sig in signals])
     await nc.flush()
     at_server = time.perf_counter() - t0
     await out.wait()

@@ -45,13 +45,14 @@ from core.inference import InferenceClient, Result, Router
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS, summarize
 from core.routing import config_route, decode_route
-from core.schema import (HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, TIMEFRAME_NS, Alert, FeatureVector, Prediction,
-                         pred_msg_id)
+from core._jspublish import Message
+from core.schema import (HDR_MSG_ID, HDR_SCHEMA, SCHEMA_VERSION, TIMEFRAME_NS, Alert, Codec, FeatureVector,
+                         Prediction, Signal, pred_msg_id)
 from core.alerts import Alerter, Deliverer, Delivery
 from core.closes import BarCloses
 from core.signals import DecisionStage, Execution, Feedback
 
-__all__ = ["InferenceWorker", "InferenceStats", "register"]
+__all__ = ["InferenceWorker", "InferenceStats", "register", "signal_message"]
 
 log = logging.getLogger("tickmesh.inference")
 
@@ -332,8 +333,9 @@ class InferenceWorker(SnapshotWorker):
                 await self.dead_letter(msg.subject, str(exc), msg.data, str(seq))
                 continue
             self.stats.vectors += 1
-            if (reason := self._check(vec)) is None:
-                reason = self._window(vec, values)
+            cols = self._model_columns(vec)
+            if (reason := self._check(vec, cols)) is None:
+                reason = self._window(vec, values[cols])
             if reason:
                 await self.dead_letter(msg.subject, reason, msg.data, str(seq))
                 if vec.tf in TIMEFRAME_NS:  # present at its bar close, so as not to hold it back
@@ -358,11 +360,12 @@ class InferenceWorker(SnapshotWorker):
         await self.ack(msgs)
         self.stats.models = self._client.metrics() if self._client else {}
 
-    def _check(self, vec: FeatureVector) -> str | None:
-        """Why a vector cannot be used (None: it can); makes the decision stage on the first."""
+    def _check(self, vec: FeatureVector, cols: np.ndarray | None) -> str | None:
+        """Why a vector cannot be used (None: it can; ``cols``: where its model features sit);
+        makes the decision stage on the first."""
         if vec.tf not in TIMEFRAME_NS:
             return f"unknown timeframe {vec.tf!r}"
-        if self._model_columns(vec) is None:
+        if cols is None:
             return f"feature vector lacks model features {[n for n in MODEL_FEATURES if n not in vec.names]}"
         if self.decisions is None:
             self.decisions = DecisionStage(vec.names, *self._decision_cfg)
@@ -370,12 +373,11 @@ class InferenceWorker(SnapshotWorker):
             return "feature layout differs from the one this worker decides on"
         return None
 
-    def _window(self, vec: FeatureVector, values: np.ndarray) -> str | None:
-        """Appends the vector's model features to its series' window; the reason when they turn
-        non-finite after the series warmed up (None: fine)."""
+    def _window(self, vec: FeatureVector, x: np.ndarray) -> str | None:
+        """Appends the vector's model features ``x`` to its series' window; the reason when they
+        turn non-finite after the series warmed up (None: fine)."""
         key = (vec.tf, vec.venue, vec.symbol)
         s = self.series.get(key) or self.series.setdefault(key, _Series())
-        x = values[self._model_columns(vec)]
         s.window[:-1] = s.window[1:]
         s.window[-1] = x
         if np.isfinite(x).all():
@@ -409,7 +411,7 @@ class InferenceWorker(SnapshotWorker):
         out, alerts = [], []
         encode = self._codec.encode
         for sig in self.decisions.decide([v for v, _ in group], [p for _, p in group]):
-            out.append((subjects.sig(sig.venue, sig.symbol), encode(sig), {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA}))
+            out.append(signal_message(self._codec, sig))
             self.stats.buy += sig.action == "BUY"
             self.stats.sell += sig.action == "SELL"
             alert = self.alerter.on_signal(sig)
@@ -434,6 +436,11 @@ class InferenceWorker(SnapshotWorker):
         self.stats.predictions += 1
         self.stats.degraded += res.degraded
         return p
+
+
+def signal_message(codec: Codec, sig: Signal) -> Message:
+    """What publishes ``sig``: its subject, payload and headers (its id as Nats-Msg-Id)."""
+    return subjects.sig(sig.venue, sig.symbol), codec.encode(sig), {HDR_MSG_ID: sig.id, HDR_SCHEMA: _SCHEMA}
 
 
 def triton_url(cfg: Config) -> str:
