@@ -17,7 +17,8 @@ Stages (each prints events/s and a ratio against its baseline):
 
 Frames: the frames of the recordings that normalize into events (channels that are dead-lettered,
 such as Coinbase l2update, are left out of the loop), looped with every timestamp shifted by the
-source's span so each loop continues the previous one, and trade ids offset per loop.
+source's span so each loop continues the previous one, and trade ids offset per loop. The garbage
+collector is tuned as in a worker or edge process (`core._service.tune_gc`).
 
 Usage: python bench/pipeline.py [--events 2000000] [--compress 1000] [--latency-rate 5000]
        [--latency-s 10] [--stages A,B,B',C,C',D]
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -47,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core import streams  # noqa: E402
+from core._service import tune_gc  # noqa: E402
 from core.bar_worker import BarWorker  # noqa: E402
 from core.config import StreamsConfig, WorkerConfig  # noqa: E402
 from core.natsserver import NatsServer  # noqa: E402
@@ -54,6 +57,7 @@ from core.schema import Codec, TIMEFRAME_NS, TradeBatch  # noqa: E402
 from edge.adapters.base import IsoTimeParser  # noqa: E402
 from edge.collector import collect  # noqa: E402
 from edge.events import Trade  # noqa: E402
+from edge.metrics import publish_metrics, publish_snapshot  # noqa: E402
 from edge.publisher import BatchPublisher  # noqa: E402
 from edge.readers import reader_for  # noqa: E402
 from edge.validate import process_frame  # noqa: E402
@@ -178,9 +182,16 @@ async def stage_b(js, sources: list[Source], loops: int) -> dict:
     for src in sources:
         t_src = time.perf_counter()
         async with BatchPublisher(js, src.adapter.venue, flush_clock="recv", flush_ms=REPLAY_FLUSH_MS) as pub:
+            # One metrics task across the loops, as `tickmesh replay --loop` runs it (a task and a
+            # final snapshot per loop would cost ~5 us per event on the 10-event Kraken loops).
+            metrics = asyncio.create_task(publish_metrics(js._nc, pub.venue, pub.stats))
             for loop in range(loops):
                 pub.shift(loop * src.span_ns, loop * LOOP_ID_OFFSET)
-                await collect(src.frames, src.adapter, pub, max_skew_ns=None)
+                await collect(src.frames, src.adapter, pub, max_skew_ns=None, metrics_interval_s=None)
+            metrics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await metrics
+            await publish_snapshot(js._nc, pub.venue, pub.stats)
         events += pub.stats.events
         per_source.append((Path(src.name).name, pub.stats.events, pub.stats.events / (time.perf_counter() - t_src),
                            pub.stats.events / max(pub.stats.batches, 1)))
@@ -376,6 +387,9 @@ async def main() -> None:
     stages = set(args.stages.split(","))
     if stages - set(STAGES):
         ap.error(f"unknown stages {sorted(stages - set(STAGES))}; known: {','.join(STAGES)}")
+    # The garbage collector as in the processes measured: workers (core._service.run_command) and
+    # edge collectors (edge.cli) both run it every 100,000 allocations.
+    tune_gc()
     sources = [Source(rel) for rel in SOURCES]
     loops = loops_for(sources, args.events)
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, "

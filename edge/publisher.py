@@ -354,6 +354,38 @@ class BatchPublisher:
             await self._pump()
         return n
 
+    def add_nowait(self, events: list[Event] | FrameEvents | TradeColumns, recv_ns: int) -> bool:
+        """:meth:`add` for the commonest frame, when that needs no waiting; else does nothing.
+
+        One event per frame is the rule on WebSocket feeds (Coinbase, Binance, sim), and awaiting
+        :meth:`add` for each costs about as much as the append itself. This takes a frame of
+        one event whose (kind, symbol) buffer is open, has room for it without filling up and is
+        not yet due by age, while the memory bound has room: exactly the case in which
+        :meth:`add` would append and return without suspending.
+
+        Returns:
+            True if the event was buffered; False if nothing was done and the caller must
+            ``await add(events, recv_ns)``.
+        """
+        if (events.__class__ is not list or len(events) != 1 or self._task is None or self._closed
+                or self._pending >= self.max_pending_events):
+            return False
+        recv_ns += self._ts_offset_ns
+        if recv_ns - self._oldest_recv_ns >= self.flush_ns:
+            return False
+        ev = events[0]
+        cls = ev.__class__
+        if cls is TradeColumns:
+            return False
+        buf = self._buffers.get((cls, ev[0]))
+        if buf is None or len(buf.rows) >= buf.row_cap - 1:
+            return False
+        buf.rows.append(ev)
+        buf.recv.append(recv_ns)
+        self._pending += 1
+        self.stats.events += 1
+        return True
+
     async def _admit(self, items: list, n: int, recv_ns: int) -> tuple[list, int, int]:
         """Applies the memory bound to ``n`` events in ``items`` and seals aged buffers.
 

@@ -283,6 +283,50 @@ async def test_blocks_publish_the_same_batches_as_their_events_one_by_one(nc, js
     assert ids.tolist() == [ev.trade_id + loop * 10**9 for loop in range(3) for ev in singles + [singles[loop]]]
 
 
+async def test_add_nowait_publishes_the_same_batches_as_add(nc, js):
+    frames = coinbase_frames_events()
+    # Small batches and a short age: buffers fill up and age out often, and a shift mid-way.
+    kwargs = dict(max_batch=7, flush_ms=50, flush_clock="recv")
+    taken = []
+
+    async def nowait_first(pub):
+        for i, (recv_ns, events) in enumerate(frames):
+            if i == len(frames) // 2:
+                pub.shift(10**12, 10**9)
+            if pub.add_nowait(events, recv_ns):
+                taken.append(i)
+            else:
+                await pub.add(events, recv_ns)
+
+    async def awaited(pub):
+        for i, (recv_ns, events) in enumerate(frames):
+            if i == len(frames) // 2:
+                pub.shift(10**12, 10**9)
+            await pub.add(events, recv_ns)
+
+    got = await captured_publishes(nc, js, nowait_first, **kwargs)
+    want = await captured_publishes(nc, js, awaited, **kwargs)
+    assert sorted(got, key=lambda m: m[0]) == sorted(want, key=lambda m: m[0])  # per subject, in order
+    # Both paths ran: the first event of a symbol (no open buffer) and the one that fills a batch
+    # are never taken without waiting.
+    assert 0 < len(taken) < len(frames) and 0 not in taken
+
+
+async def test_add_nowait_declines_when_full_or_closed(js):
+    t = Trade("BTC-USD", 1_618_677_817_089_723_000, 60000.0, 0.5, 1, 1)
+    pub = BatchPublisher(js, "coinbase", max_pending_events=2, flush_ms=1e12, flush_clock="recv")
+    async with pub:
+        assert not pub.add_nowait([t], t.ts_ns)  # no buffer open yet
+        await pub.add([t], t.ts_ns)
+        assert pub.add_nowait([t._replace(trade_id=2)], t.ts_ns)
+        assert not pub.add_nowait([t._replace(trade_id=3)], t.ts_ns)  # the memory bound
+        assert not pub.add_nowait([t, t._replace(trade_id=4)], t.ts_ns)  # more than one event
+        assert pub.stats.events == 2
+    assert not pub.add_nowait([t], t.ts_ns)
+    with pytest.raises(RuntimeError, match="closed"):
+        await pub.add([t], t.ts_ns)
+
+
 async def test_drop_overflow_splits_a_block(js):
     recv_ns, events = kraken_rest_events()
     async with BatchPublisher(js, "kraken", max_pending_events=700, overflow="drop", flush_clock="recv") as pub:
