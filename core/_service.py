@@ -37,7 +37,7 @@ def tune_gc() -> None:
     a bar close's signals and their dicts), none of them in reference cycles; at CPython's default
     thresholds the collector ran every 700 of them and took about a third of a 10k-symbol decision
     step (bench/decisions.py). Reference counting still frees everything at once; only cycles wait
-    longer.
+    longer. (Edge processes do the same, in ``edge.cli``.)
     """
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
