@@ -100,14 +100,20 @@ class _Columnar(msgspec.Struct, array_like=True, frozen=True, tag=True):
         Raises:
             SchemaError: a column is missing or the columns differ in length.
         """
-        missing = cls.DTYPES.keys() - columns.keys()
-        if missing:
-            raise SchemaError(f"{cls.__name__}: missing columns {sorted(missing)}")
-        arrays = {name: np.ascontiguousarray(columns[name], dtype=dt) for name, dt in cls.DTYPES.items()}
-        lengths = {a.shape[0] for a in arrays.values()}
-        if len(lengths) != 1:
-            raise SchemaError(f"{cls.__name__}: ragged columns {({k: len(v) for k, v in arrays.items()})}")
-        return cls(venue, symbol, **{name: a.tobytes() for name, a in arrays.items()})
+        # The edge seals a batch every few events on a sparse feed: this runs tens of thousands
+        # of times a second, so no set or dict is built on the way.
+        try:
+            arrays = [np.ascontiguousarray(columns[name], dtype=dt) for name, dt in cls.DTYPES.items()]
+        except KeyError:
+            missing = cls.DTYPES.keys() - columns.keys()
+            raise SchemaError(f"{cls.__name__}: missing columns {sorted(missing)}") from None
+        n = arrays[0].shape[0]
+        for a in arrays:
+            if a.shape[0] != n:
+                lengths = {name: len(a) for name, a in zip(cls.DTYPES, arrays)}
+                raise SchemaError(f"{cls.__name__}: ragged columns {lengths}")
+        # DTYPES lists the columns in field order (tests/test_schema_subjects.py checks it).
+        return cls(venue, symbol, *[a.tobytes() for a in arrays])
 
     def columns(self) -> dict[str, np.ndarray]:
         """Returns read-only NumPy views of every column.

@@ -201,6 +201,7 @@ async def replay_loops(reader, path, adapter, publisher, *, loops: int = 1, spee
     metrics_task = None
     if metrics_nc is not None:
         metrics_task = asyncio.create_task(publish_metrics(metrics_nc, publisher.venue, publisher.stats))
+    publisher.track_time_range = loops > 1
     try:
         span_ns = LOOP_GAP_NS
         for k in range(loops):
@@ -213,6 +214,7 @@ async def replay_loops(reader, path, adapter, publisher, *, loops: int = 1, spee
             if k == 0 and loops > 1:
                 await publisher.flush()
                 rng = publisher.time_range_ns
+                publisher.track_time_range = False  # the first loop's range is all it takes
                 if rng is not None:
                     span_ns = rng[1] - rng[0] + LOOP_GAP_NS
     finally:

@@ -327,6 +327,19 @@ async def test_add_nowait_declines_when_full_or_closed(js):
         await pub.add([t], t.ts_ns)
 
 
+async def test_time_range_covers_exchange_and_receive_times_while_tracked(js):
+    t = Trade("BTC-USD", 2_000, 60000.0, 0.5, 1, 1)
+    async with BatchPublisher(js, "coinbase", flush_clock="recv") as pub:
+        with pytest.raises(RuntimeError, match="track_time_range"):
+            pub.time_range_ns
+        pub.track_time_range = True
+        assert pub.time_range_ns is None
+        await pub.add([t, t._replace(ts_ns=500, trade_id=2)], 1_000)  # exchange time before receipt
+        await pub.add([t._replace(ts_ns=3_000, trade_id=3)], 2_500)
+        await pub.flush()
+        assert pub.time_range_ns == (500, 3_000)
+
+
 async def test_drop_overflow_splits_a_block(js):
     recv_ns, events = kraken_rest_events()
     async with BatchPublisher(js, "kraken", max_pending_events=700, overflow="drop", flush_clock="recv") as pub:

@@ -38,9 +38,22 @@ def test_every_wire_type_roundtrips_through_one_decoder():
         assert CODEC.decode(CODEC.encode(msg)) == msg
 
 
+def test_batches_list_their_columns_in_field_order():
+    # from_columns passes the columns positionally, in DTYPES order.
+    for cls in (TradeBatch, QuoteBatch):
+        assert cls.__struct_fields__ == ("venue", "symbol", *cls.DTYPES)
+    batch = _trades()
+    assert [getattr(batch, name) for name in TradeBatch.DTYPES] == [
+        np.array(v, dtype=dt).tobytes() for v, dt in zip(
+            ([1, 2, 3], [4, 5, 6], [10.0, 11.0, 12.5], [1.0, 0.5, 2.0], [1, -1, 0], [100, 101, 102]),
+            TradeBatch.DTYPES.values())]
+
+
 def test_ragged_or_garbage_input_is_a_schema_error():
     with pytest.raises(SchemaError, match="ragged"):
         _trades(px=[1.0])
+    with pytest.raises(SchemaError, match=r"missing columns \['qty', 'side'\]"):
+        TradeBatch.from_columns("coinbase", "BTC-USD", ts_ns=[1], recv_ns=[1], px=[1.0], trade_id=[1])
     with pytest.raises(SchemaError, match="undecodable"):
         CODEC.decode(b"\xc1garbage")
     bad = TradeBatch("x", "y", ts_ns=b"\x00" * 7)
