@@ -6,16 +6,19 @@ per vector (P_UP from the recent return). The stage first steps every symbol thr
 bars, then one bar close is timed repeatedly:
 
 - acked: what the live inference worker does once a bar close is complete
-  (`core.closes.BarCloses`): ``stage.decide`` with all N vectors in one call, every signal
-  encoded and published on ``sig.<venue>.<symbol>`` into the SIG stream of a real nats-server
-  started here (one write, `core._jspublish.AckedPublisher.publish_many`), and every JetStream
-  ack received: every signal stored. The time from the close being handed to the stage to the
-  last ack bounds the latency of every vector of the close (p99 over closes);
-- at server: the same, timed until the server has read every signal (a PING/PONG round trip
-  after the write: subscribers have them), before the acks are awaited;
-- batch: the same ``decide`` call alone, nothing published;
-- per vector (baseline): one ``decide`` call per vector, as the worker decided before bar closes
-  were grouped.
+  (`core.closes.BarCloses`): ``stage.decide_batch`` with all N vectors in one call (the signals
+  come out encoded), every signal published on ``sig.<venue>.<symbol>`` into the SIG stream of a
+  real nats-server started here (`core.inference_worker.signal_messages`, one write,
+  `core._jspublish.AckedPublisher.publish_many`), and every JetStream ack received: every signal
+  stored. The time from the close being handed to the stage to the last ack bounds the latency
+  of every vector of the close (p99 over closes);
+- at server: the same, timed until the server has read every signal (the write flushed to the
+  socket, then a PING/PONG round trip: subscribers have them), before the acks are awaited;
+- batch: the same ``decide_batch`` call alone, nothing published;
+- objects: ``stage.decide``, the same signals as `core.schema.Signal` objects (what a backtest
+  gets: ``decide_batch`` plus decoding every payload);
+- per vector (baseline): one ``decide_batch`` call per vector, as the worker decided before bar
+  closes were grouped.
 
 Prints ms per close (median, p99), signals/s and the ratios. The garbage collector is tuned as in a
 worker process (`core._service.tune_gc`).
@@ -53,10 +56,10 @@ from core.config import StreamsConfig  # noqa: E402
 from core.features.barfile import load_bars  # noqa: E402
 from core.features.featureset import FeatureSet  # noqa: E402
 from core.features.offline import compute  # noqa: E402
-from core.inference_worker import signal_message  # noqa: E402
+from core.inference_worker import signal_messages  # noqa: E402
 from core.natsserver import NatsServer  # noqa: E402
-from core.schema import Codec, FeatureVector, Prediction  # noqa: E402
-from core.signals import DecisionStage  # noqa: E402
+from core.schema import FeatureVector, Prediction  # noqa: E402
+from core.signals import DecisionStage, SignalBatch  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "bars" / "eurusd_1h_2017-2018.csv"
 
@@ -85,10 +88,14 @@ def bar_close(names, values, close, ts, starts: np.ndarray, t: int) -> tuple[lis
     return vecs, preds
 
 
-async def publish_signals(nc, out: AckedPublisher, codec: Codec, signals, t0: float) -> float:
+async def publish_signals(nc, out: AckedPublisher, batch: SignalBatch, subject_of: dict, t0: float) -> float:
     """As the inference worker publishes a close's signals: in one write, acks awaited in bulk.
     Returns the seconds from ``t0`` until the server had read them all."""
-    await out.publish_many([signal_message(codec, sig) for sig in signals])
+    await out.publish_many(signal_messages(batch, subject_of))
+    # nats-py's flush writes its PING straight to the socket, ahead of what its flusher task has
+    # not written yet (the signals): write them first, so that the PONG comes after the server
+    # has read them all. (Without this the PONG could come back before the signals were sent.)
+    await nc._flush_pending(force_flush=True)
     await nc.flush()
     at_server = time.perf_counter() - t0
     await out.wait()
@@ -101,7 +108,6 @@ async def run(args) -> int:
     print(f"machine: {platform.machine()}, Python {platform.python_version()}, NumPy {np.__version__}; "
           f"one thread; {len(names)} features per vector")
     print(f"{'symbols':>8} {'path':<11} {'median ms':>10} {'p99 ms':>9} {'signals/s':>12}")
-    codec = Codec()
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
         nc = await nats.connect(server.url)
         await streams.ensure(nc.jetstream(), StreamsConfig())
@@ -110,21 +116,24 @@ async def run(args) -> int:
             rng = np.random.default_rng(n)
             starts = rng.integers(first, len(close) - args.warmup - args.reps - 2, n)
             med = {}
-            paths = ("acked", "batch") + (("per vector",) if n <= args.per_vector_max else ())
+            paths = ("acked", "batch", "objects") + (("per vector",) if n <= args.per_vector_max else ())
             for path in paths:
                 stage = DecisionStage(names)
+                subject_of: dict = {}  # the worker's cache of signal subjects
                 times: dict[str, list[float]] = {path: []} if path != "acked" else {"at server": [], "acked": []}
                 for t in range(args.warmup + args.reps):
                     vecs, preds = bar_close(names, values, close, ts, starts, t)
                     t0 = time.perf_counter()
                     at_server = None
                     if path == "acked":
-                        at_server = await publish_signals(nc, out, codec, stage.decide(vecs, preds), t0)
+                        at_server = await publish_signals(nc, out, stage.decide_batch(vecs, preds), subject_of, t0)
                     elif path == "batch":
+                        stage.decide_batch(vecs, preds)
+                    elif path == "objects":
                         stage.decide(vecs, preds)
                     else:
                         for v, p in zip(vecs, preds):
-                            stage.decide([v], [p])
+                            stage.decide_batch([v], [p])
                     if t >= args.warmup:
                         times[path].append(time.perf_counter() - t0)
                         if at_server is not None:

@@ -11,7 +11,8 @@ Messages are framed here (``HPUB`` commands, the NATS protocol) and handed to th
 write buffer in one piece per :meth:`AckedPublisher.publish_many` call: nats-py's ``publish``
 spends ~10 µs per message re-validating and re-encoding headers, as much as the rest of a bar's
 trip. Subjects and header keys are still checked for what would break the framing, and header
-values are sent as nats-py sends them (stripped, CR/LF turned into spaces). When the connection
+values are sent as nats-py sends them (stripped, CR/LF turned into spaces); a message may carry
+its header block already made (`header_block`'s text), which is sent as is. When the connection
 is not connected (reconnecting, closed) or the client lacks the write-buffer methods this relies
 on, messages go through ``nc.publish`` as before, so its buffering and errors apply unchanged.
 """
@@ -24,40 +25,56 @@ from typing import Sequence
 
 from core.errors import TickmeshError
 
-__all__ = ["StreamPublishError", "AckedPublisher", "Message"]
+__all__ = ["StreamPublishError", "AckedPublisher", "Message", "header_block"]
 
-# (subject, payload, headers): what one publish sends.
-Message = tuple[str, bytes, dict[str, str]]
+# (subject, payload, headers): what one publish sends. Headers are a dict, or the NATS header block
+# `header_block` makes of one (a str), for a caller that writes many alike more cheaply itself.
+Message = tuple[str, bytes, dict[str, str] | str]
 
 # Whitespace would split a protocol line; CR/LF would end it (and inject commands).
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 _BAD_HEADER_KEY = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _HDR_LINE = "NATS/1.0\r\n"
 _NEWLINES_TO_SPACES = str.maketrans({"\r": " ", "\n": " "})
+_MAX_KEYS_OK = 1000  # bound of the cache of checked header keys (a worker uses a handful)
 
 
 class StreamPublishError(TickmeshError):
     """JetStream refused a message, or did not acknowledge it in time."""
 
 
-def _header_block(headers: dict[str, str]) -> bytes:
-    """The NATS header block of ``headers``.
+def header_block(headers: dict[str, str], keys_ok: set[str] | None = None) -> str:
+    """The NATS header block of ``headers``, as text (sent encoded as UTF-8).
 
-    Values are stripped and CR/LF become spaces, as nats-py's ``publish`` does.
+    Values are stripped and CR/LF become spaces, as nats-py's ``publish`` does. A `Message` may
+    carry the block instead of the dict; text equal to what this returns is sent as is.
+
+    Args:
+        headers: header key -> value.
+        keys_ok: keys already found to be header tokens (not checked again); keys found good
+            here are added, up to `_MAX_KEYS_OK`.
 
     Raises:
         StreamPublishError: a key is not a header token.
     """
-    lines = [_HDR_LINE]
+    block = _HDR_LINE
     for key, value in headers.items():
-        if not key or _BAD_HEADER_KEY.search(key):
-            raise StreamPublishError(f"header key {key!r} is not a header token")
+        if keys_ok is None or key not in keys_ok:
+            if not key or _BAD_HEADER_KEY.search(key):
+                raise StreamPublishError(f"header key {key!r} is not a header token")
+            if keys_ok is not None and len(keys_ok) < _MAX_KEYS_OK:
+                keys_ok.add(key)
         value = value.strip()
         if "\r" in value or "\n" in value:
             value = value.translate(_NEWLINES_TO_SPACES)
-        lines.append(f"{key}: {value}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode()
+        block += f"{key}: {value}\r\n"
+    return block + "\r\n"
+
+
+def _parse_header_block(block: str) -> dict[str, str]:
+    """The headers a `header_block` text holds (for ``nc.publish``, which takes a dict)."""
+    lines = block[len(_HDR_LINE):].split("\r\n")
+    return dict(line.split(": ", 1) for line in lines if line)
 
 
 class AckedPublisher:
@@ -85,6 +102,7 @@ class AckedPublisher:
         # Framing needs nats-py's write buffer (present since 2.0); without it, nc.publish.
         self._can_frame = all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
         self._subjects_ok: set[str] = set()
+        self._keys_ok: set[str] = set()
 
     def __repr__(self) -> str:
         return f"AckedPublisher(max_inflight={self._max_inflight}, ack_timeout_s={self._ack_timeout_s:g})"
@@ -133,29 +151,35 @@ class AckedPublisher:
         if not (self._can_frame and nc.is_connected):
             for subject, payload, headers in messages:
                 self._count_one()
+                if type(headers) is str:
+                    headers = _parse_header_block(headers)
                 await nc.publish(subject, payload, reply=f"{self._prefix}{self._seq}", headers=headers)
             return
         max_payload = nc.max_payload
         parts: list[bytes] = []
         prefix = self._prefix
         subjects_ok = self._subjects_ok
+        keys_ok = self._keys_ok
+        seq = self._seq
         n_bytes = 0
-        for subject, payload, headers in messages:
-            if subject not in subjects_ok:
-                if not subject or _BAD_SUBJECT.search(subject):
-                    raise StreamPublishError(f"subject {subject!r} cannot be published")
-                if len(subjects_ok) < 100_000:  # a cache of known-good subjects, bounded
-                    subjects_ok.add(subject)
-            hdr = _header_block(headers)
-            size = len(hdr) + len(payload)
-            if size > max_payload:
-                raise StreamPublishError(f"{subject}: {size} bytes exceed the server's max_payload {max_payload}")
-            self._seq += 1
-            parts.append(f"HPUB {subject} {prefix}{self._seq} {len(hdr)} {size}\r\n".encode())
-            parts.append(hdr)
-            parts.append(payload)
-            parts.append(b"\r\n")
-            n_bytes += len(payload)
+        try:
+            for subject, payload, headers in messages:
+                if subject not in subjects_ok:
+                    if not subject or _BAD_SUBJECT.search(subject):
+                        raise StreamPublishError(f"subject {subject!r} cannot be published")
+                    if len(subjects_ok) < 100_000:  # a cache of known-good subjects, bounded
+                        subjects_ok.add(subject)
+                hdr = headers if type(headers) is str else header_block(headers, keys_ok)
+                hdr_size = len(hdr) if hdr.isascii() else len(hdr.encode())  # isascii: O(1), no copy
+                size = hdr_size + len(payload)
+                if size > max_payload:
+                    raise StreamPublishError(f"{subject}: {size} bytes exceed the server's max_payload {max_payload}")
+                seq += 1
+                # The command line and the header block are text: one encode for both.
+                parts += (f"HPUB {subject} {prefix}{seq} {hdr_size} {size}\r\n{hdr}".encode(), payload, b"\r\n")
+                n_bytes += len(payload)
+        finally:
+            self._seq = seq  # reply subjects stay unique even after a refused slice
         self._outstanding += len(messages)
         self._idle.clear()
         nc.stats["out_msgs"] += len(messages)

@@ -360,10 +360,12 @@ class Portfolio:
             known = r >= 0
             r, p, t = r[known], p[known], t[known]
             # Of several marks of one key the newest wins (equal times: the last given). Fancy
-            # assignment with repeated indices has no defined winner, so keep one mark per key.
-            order = np.lexsort((np.arange(r.shape[0]), t))[::-1]
-            _, last = np.unique(r[order], return_index=True)
-            r, p, t = r[order[last]], p[order[last]], t[order[last]]
+            # assignment with repeated indices has no defined winner, so keep one mark per key
+            # (a bar close marks each key once: then there is nothing to sort out).
+            if r.shape[0] and np.bincount(r).max() > 1:
+                order = np.lexsort((np.arange(r.shape[0]), t))[::-1]
+                _, last = np.unique(r[order], return_index=True)
+                r, p, t = r[order[last]], p[order[last]], t[order[last]]
             newer = t >= self._mark_ts_ns[r]
             self._last_px[r[newer]] = p[newer]
             self._mark_ts_ns[r[newer]] = t[newer]

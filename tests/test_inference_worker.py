@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 
 from core import streams, subjects
-from core.alerts import AlertSettings
+from core.alerts import Alerter, AlertSettings
 from core.closes import BarCloses
 from core.config import Config, InferenceConfig, StreamsConfig
 from core.features.barfile import load_bars
@@ -388,6 +388,11 @@ async def test_signals_raise_alerts_delivered_to_a_webhook(nc, vectors):
     failed = [x for x in letters if "alert delivery" in x.reason]
     assert len(failed) == len(alerts) and all("after 2 attempts" in x.reason and x.venue == "fx" for x in failed)
     assert worker.stats.alerts == len(alerts) == worker.stats.alerts_delivered
+    # The alerts an alerter makes of every signal in order: the worker shows it only the signals
+    # that can alert (`SignalBatch.alerting`), and that changes nothing.
+    every = Alerter(cfg.alerts)
+    expected = [a for a in map(every.on_signal, sigs.values()) if a is not None]
+    assert [CODEC.encode(a) for a in alerts] == [CODEC.encode(a) for a in expected]
 
 
 async def test_user_executions_are_booked_once(nc, vectors):

@@ -4,6 +4,7 @@ an uninterrupted one."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import msgspec
@@ -13,10 +14,13 @@ import pytest
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
 from core.features.offline import compute
+from core.alerts import AlertSettings, priority
 from core.risk import RiskSettings
-from core.schema import FeatureVector, Prediction
+from core.schema import Codec, FeatureVector, Prediction, sig_id
 from core.decision import RULE_FEATURES
 from core.errors import SchemaError
+from core._jspublish import header_block
+from core.inference_worker import signal_message, signal_messages
 from core.signals import DecisionStage
 from tests.conftest import shared_file
 
@@ -144,3 +148,103 @@ def test_vectors_of_another_layout_or_length_are_refused(vectors):
         stage.decide([msgspec.structs.replace(v, values=v.values[:-8])], [{}])
     same = msgspec.structs.replace(v, names=tuple(v.names))  # the same layout as a tuple is fine
     assert stage.decide([same], [{}])[0].id == f"sig.1h.fx.EUR-USD.{v.start_ns}"
+
+
+def mixed_closes(vectors: list[FeatureVector], closes: int = 30, series: int = 48):
+    """Bar closes of ``series`` series replaying the bars from their own offsets, with every kind
+    of evidence: forecasts (some degraded, some with empty or missing outputs), anomaly flags,
+    regimes, no predictions at all, several model versions; odd symbols (escaped in subjects),
+    two venues and timeframes, unknown prices, features missing; and some calls holding vectors
+    of two bar times. Yields (vectors, predictions) per call."""
+    names = vectors[0].names
+    atr, rsi = names.index("atr_14"), names.index("rsi_14")
+    for t in range(closes):
+        vecs, preds = [], []
+        for k in range(series):
+            v = vectors[300 + 13 * k + t]
+            start_ns = 1_500_000_000_000_000_000 + 3_600_000_000_000 * (t + (k % 7 == 6 and t % 3 == 0))
+            values = v.array().copy()
+            close = v.close
+            if (k + t) % 23 == 0:
+                close = math.nan
+            elif (k + t) % 29 == 0:
+                values[atr] = math.nan
+            elif (k + t) % 31 == 0:
+                values[rsi] = math.nan
+            symbol = (f"X{k}/USD", f"E{k}.U S*", f"\u00c4{k}-EUR", f"P{k}-USD-PERP")[k % 4]
+            venue, tf = ("kraken", "binance")[k % 2], ("1h", "1m")[k // 2 % 2]
+            vecs.append(FeatureVector(venue, symbol, tf, start_ns, names, values.tobytes(), v.digest, 0, close))
+            r = values[names.index("logret_5")]
+            p_up = 0.5 if math.isnan(r) else 0.5 + 0.3 * math.tanh(r * 500)
+            m = (k * 7 + t * 3) % 12
+            p: dict[str, Prediction] = {}
+            if m:
+                outputs = {"P_UP": [p_up, 0.4], "MEAN": [r / 5 if r == r else 0.0], "STD": [1e-3 * (1 + m)]}
+                if m == 2:
+                    outputs = {"P_UP": [], "MEAN": [0.2], "STD": [0.3]}
+                elif m == 3:
+                    outputs = {"MEAN": [0.2]}
+                if m != 1:
+                    p["forecast"] = Prediction("forecast", venue, symbol, tf, start_ns, m % 4, "production", outputs,
+                                               degraded=m in (4, 9))
+                if m in (1, 4, 5, 6, 7):
+                    flag = {"FLAG": [float((k + t) % 3 == 0)]} if m != 7 else {"SCORE": [1.0]}
+                    p["anomaly"] = Prediction("anomaly", venue, symbol, tf, start_ns, 3, "production", flag,
+                                              degraded=m == 5)
+                if m in (1, 5, 6, 8, 9):
+                    label = {"LABEL": [float((k + t) % 4)]} if m != 9 else {"LABEL": [math.nan]}
+                    p["regime"] = Prediction("regime", venue, symbol, tf, start_ns, 1, "canary", label)
+            preds.append(p)
+        yield vecs, preds
+
+
+# sha256 of every payload of `mixed_closes` as the decision stage of commit 5a6f268 made them
+# (Signal objects encoded by `Codec.encode`), then its snapshot: the encoder writing payloads
+# from the columns must give the same bytes.
+MIXED_DIGEST = "32e3fc2591d3efa81e720c41f0fde9032b87e8605d372e155a1d75d3dee18a1c"
+
+
+def test_payloads_are_the_bytes_codec_encode_makes_of_the_signals(vectors):
+    stage = DecisionStage(vectors[0].names, risk=RiskSettings(max_exposure_fraction=0.3))
+    codec, digest = Codec(), hashlib.sha256()
+    for vecs, preds in mixed_closes(vectors):
+        batch = stage.decide_batch(vecs, preds)
+        signals = batch.signals()
+        assert [codec.encode(s) for s in signals] == batch.payloads  # canonical: what msgspec writes
+        assert [s.id for s in signals] == batch.ids == [sig_id(v.tf, v.venue, v.symbol, v.start_ns) for v in vecs]
+        assert batch.keys == [(v.tf, v.venue, v.symbol) for v in vecs]
+        assert [codec.encode(batch.signal(i)) for i in (0, len(batch) - 1)] == [batch.payloads[0], batch.payloads[-1]]
+        for s, v, p in zip(signals, vecs, preds):  # fields read straight from the inputs
+            assert (s.venue, s.symbol, s.tf, s.start_ns) == (v.venue, v.symbol, v.tf, v.start_ns)
+            assert s.model_versions == {m: q.version for m, q in p.items()}
+            assert s.degraded == any(q.degraded for q in p.values())
+        for payload in batch.payloads:
+            digest.update(payload)
+    digest.update(stage.snapshot())
+    assert digest.hexdigest() == MIXED_DIGEST
+
+
+def test_alerting_rows_are_every_signal_an_alert_can_come_from(vectors):
+    stage = DecisionStage(vectors[0].names)
+    anyone = AlertSettings(min_priority="low")
+    seen = 0
+    for vecs, preds in mixed_closes(vectors, closes=12):
+        batch = stage.decide_batch(vecs, preds)
+        alerting = set(batch.alerting().tolist())
+        for i, s in enumerate(batch.signals()):
+            assert (priority(s, anyone) is not None) == (i in alerting)
+        seen += len(alerting)
+    assert seen  # some signals could alert
+
+
+def test_signal_messages_are_what_signal_message_makes_of_each_signal(vectors):
+    stage = DecisionStage(vectors[0].names)
+    codec, subject_of = Codec(), {}
+    v = vectors[400]
+    odd = [msgspec.structs.replace(v, symbol=s) for s in ("A\r\nB", "C\tD ", "\u00c4\u2028")]  # ids to clean
+    for vecs, preds in [*mixed_closes(vectors, closes=6), (odd, [{}] * len(odd))]:
+        batch = stage.decide_batch(vecs, preds)
+        expected = [signal_message(codec, s) for s in batch.signals()]
+        assert [(m[0], m[1], m[2]) for m in signal_messages(batch, subject_of)] == [
+            (subject, payload, header_block(headers)) for subject, payload, headers in expected]
+    assert len(subject_of) == 48 + len(odd)  # one subject per series, escaped once
