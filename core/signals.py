@@ -9,8 +9,9 @@ closed, the `core.decision.DecisionEngine` votes (rules + forecast, anomaly veto
 limits, the paper portfolio takes the order as a fill (its stop and take-profit guard the
 position from then on), and one `core.schema.Signal` per vector records all of it with the
 evidence (contributions, top features, model versions). The signals come out encoded for the wire
-(`DecisionStage.decide_batch` → `SignalBatch`, written from the stage's columns, byte for byte
-what `core.schema.Codec.encode` makes of each Signal); `DecisionStage.decide` decodes them.
+(`DecisionStage.decide_batch` → `SignalBatch`: `core.signal_wire.SignalEncoder` writes them from
+the stage's columns, byte for byte what `core.schema.Codec.encode` makes of each Signal);
+`DecisionStage.decide` decodes them.
 
 Each (venue, symbol, timeframe) is its own paper book (a 1m and a 1h signal on the same symbol
 do not trade one position).
@@ -19,126 +20,19 @@ do not trade one position).
 from __future__ import annotations
 
 import hashlib
-from itertools import repeat
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import msgspec
 import numpy as np
 
-from core.decision import RULE_FEATURES, SOURCES, VETO_REASONS, Calibration, DecisionEngine, DecisionSettings
+from core.decision import RULE_FEATURES, SOURCES, Calibration, DecisionEngine, DecisionSettings
 from core.errors import SchemaError
 from core.portfolio import Portfolio
-from core.risk import VETO_NAMES, RiskSettings, size, stops
+from core.risk import RiskSettings, size, stops
 from core.schema import FeatureVector, Prediction, Signal, sig_id
+from core.signal_wire import SignalBatch, SignalEncoder  # SignalBatch: re-exported, decide_batch's type
 
 __all__ = ["DecisionStage", "SignalBatch", "Feedback", "feedback_key", "Execution", "execution_key"]
-
-_ACTIONS = {1: "BUY", -1: "SELL", 0: "HOLD"}
-_RULES = [s for s in SOURCES if s in RULE_FEATURES]
-
-
-# A Signal on the wire (msgspec, array_like and tagged) is a msgpack array: [tag, *fields]. The
-# stage writes that form itself, straight from its columns (`SignalBatch`): the fields are split
-# here into the head (strings and the bar time, per series), the float block, the two maps of
-# evidence and the tail. A field added to Signal must be added here as well.
-_HEAD_FIELDS = ("id", "venue", "symbol", "tf", "start_ns", "action")
-_FLOAT_FIELDS = ("price", "confidence", "score", "expected_return", "uncertainty", "risk_reward", "expected_value",
-                 "kelly_fraction", "position_fraction", "position_size", "qty", "stop_loss", "take_profit")
-_TAIL_FIELDS = ("contributions", "top_features", "model_versions", "degraded", "veto", "calibrated")
-if Signal.__struct_fields__ != _HEAD_FIELDS + _FLOAT_FIELDS + _TAIL_FIELDS:
-    raise SchemaError("core.schema.Signal changed: update the signal encoder in core.signals (_HEAD_FIELDS...)")
-_N_ITEMS = 1 + len(Signal.__struct_fields__)
-# The array header and the tag, as msgspec writes them (the header of an array of Nones).
-_SIGNAL_HEAD = (msgspec.msgpack.encode([None] * _N_ITEMS)[:-_N_ITEMS]
-                + msgspec.msgpack.encode(Signal.__struct_config__.tag))
-_FLOAT64 = b"\xcb"  # msgpack float 64 (msgspec writes every Python float so), big-endian bits follow
-_BOOLS = (msgspec.msgpack.encode(False), msgspec.msgpack.encode(True))
-# One byte string per veto code `_veto_codes` gives: the engine's reasons, then the risk rules'.
-_VETOES = (*VETO_REASONS, *VETO_NAMES)
-_ANOMALY = np.array([v == "anomaly" for v in _VETOES])  # per veto code: the signal's veto is "anomaly"
-# The veto code (`_VETOES`) of a signal by [engine veto, risk veto, BUY/SELL]: the engine's veto,
-# else the risk rules' when they kept a BUY/SELL at size 0.
-_VETO_CODES = np.array([[[v if VETO_REASONS[v] else (len(VETO_REASONS) + z if view and z else 0)
-                          for view in (False, True)] for z in range(len(VETO_NAMES))]
-                        for v in range(len(VETO_REASONS))], dtype=np.int64)
-_RULE_COLUMNS = [SOURCES.index(r) for r in _RULES]  # the rules' columns of the votes
-_SOURCE_BITS = 1 << np.arange(len(SOURCES), dtype=np.int64)  # a set of voting sources as one int
-_MAX_CACHED = 4096  # bound of the per-stage caches of encoded pieces (model versions, layouts)
-
-
-class _Layout(NamedTuple):
-    """The fixed middle of the payloads of rows with one set of voting sources and one pair of
-    strongest rules: the float block, ``contributions`` and ``top_features``, with the markers
-    and keys in place and zeros where each row's values go."""
-
-    template: np.ndarray  # uint8 (size,)
-    value_at: np.ndarray  # where the maps' values go (8 bytes each), in value order
-    columns: np.ndarray  # where each map value comes from (columns of `_payloads`' value matrix)
-
-
-def _map_layout(encode, keys: Sequence[str]) -> tuple[bytes, list[int]]:
-    """A msgpack map of ``keys`` to zeros as msgspec encodes ``dict.fromkeys(keys, 0.0)``, and where
-    each value's 8 bytes sit in it."""
-    whole = encode(dict.fromkeys(keys, 0.0))
-    items = [encode(k) + _FLOAT64 for k in keys]
-    out = bytearray(whole[: len(whole) - sum(len(i) + 8 for i in items)])  # the map header
-    slots = []
-    for item in items:
-        out += item
-        slots.append(len(out))
-        out += bytes(8)
-    if bytes(out) != whole:  # keys repeated (a dict keeps one), or an unexpected encoding
-        raise SchemaError(f"cannot lay out a signal map of {list(keys)}")
-    return bytes(out), slots
-
-
-class SignalBatch:
-    """The signals of one `DecisionStage.decide_batch` call, encoded for the wire.
-
-    ``payloads[i]`` is byte for byte what `core.schema.Codec.encode` makes of the i-th `Signal`,
-    written from the stage's columns without making the Signal (or its dicts); `signals`
-    decodes them all in one call, `signal` one. Everything a publisher needs per signal is here:
-    ``keys[i]`` its series ``(tf, venue, symbol)`` (the subject), ``ids[i]`` its id (the
-    Nats-Msg-Id), ``action[i]`` (int8: +1 BUY, -1 SELL, 0 HOLD) and whether it can raise an
-    alert (`alerting`).
-    """
-
-    __slots__ = ("keys", "ids", "payloads", "action", "qty", "anomaly_veto", "_decoder")
-
-    def __init__(self, keys: list[tuple[str, str, str]], ids: list[str], payloads: list[bytes],
-                 action: np.ndarray, qty: np.ndarray, anomaly_veto: np.ndarray, decoder) -> None:
-        self.keys = keys
-        self.ids = ids
-        self.payloads = payloads
-        self.action = action
-        self.qty = qty
-        self.anomaly_veto = anomaly_veto
-        self._decoder = decoder
-
-    def __len__(self) -> int:
-        return len(self.payloads)
-
-    def __repr__(self) -> str:
-        return (f"SignalBatch(signals={len(self)}, buy={int((self.action == 1).sum())}, "
-                f"sell={int((self.action == -1).sum())})")
-
-    def signals(self) -> list[Signal]:
-        """Every signal as a `Signal`, decoded from its payload (all in one call)."""
-        n = len(self.payloads)
-        if not n:
-            return []
-        # The payloads as the items of one msgpack array (array 32 header: 0xdd, 4-byte length).
-        return self._decoder.decode(b"".join([b"\xdd", n.to_bytes(4, "big"), *self.payloads]))
-
-    def signal(self, i: int) -> Signal:
-        """The i-th signal as a `Signal`."""
-        return self._decoder.decode(b"\x91" + self.payloads[i])[0]  # a msgpack array of one (0x91)
-
-    def alerting(self) -> np.ndarray:
-        """Rows whose signal `core.alerts.priority` can give a priority: an anomaly veto, or a
-        BUY/SELL with a non-zero quantity. Every other signal makes no alert and changes no
-        alert state, so an alerter needs to see only these."""
-        return np.flatnonzero(self.anomaly_veto | ((self.action != 0) & (self.qty != 0)))
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,38 +97,18 @@ class DecisionStage:
         self.risk = risk or RiskSettings()
         self.portfolio = Portfolio(self.risk.equity_start)
         self._rows: dict[tuple[str, str, str], int] = {}
-        rule_names = [n for s in _RULES for n in RULE_FEATURES[s]]
+        rule_names = [n for names in RULE_FEATURES.values() for n in names]
         missing = [n for n in ["atr_14", *rule_names] if n not in self.names]
         if missing:
             raise SchemaError(f"the feature layout lacks {missing}, which the rules and stops read")
         self._atr = self.names.index("atr_14")
-        # Per pair of strongest rules (indices into _RULES, -1: none): the features they cite
-        # and where those sit in a vector.
-        self._cited = {}
-        for a in range(-1, len(_RULES)):
-            for b in range(-1, len(_RULES)):
-                cited = [f for r in (a, b) if r >= 0 for f in RULE_FEATURES[_RULES[r]]]
-                self._cited[(a, b)] = cited, [self.names.index(f) for f in cited]
-        # The features any rule cites, in one block of columns for `_payloads`.
-        self._cited_columns = sorted({c for _, cols in self._cited.values() for c in cols})
-        self._init_wire()
-
-    def _init_wire(self) -> None:
-        """The encoder, decoder and caches of encoded pieces that `decide_batch` writes signals with."""
-        self._encode = msgspec.msgpack.Encoder().encode
-        self._decoder = msgspec.msgpack.Decoder(list[Signal])
-        self._actions = {code: self._encode(name) for code, name in _ACTIONS.items()}
-        self._wire: dict[tuple[str, str, str], tuple] = {}  # per series, see _series_wire
-        self._versions: dict[tuple, bytes] = {(): self._encode({}) + _BOOLS[False]}  # see _evidence
-        self._layouts: dict[int, _Layout] = {}
-        self._scratch = np.empty(0, np.uint8)  # the payload matrix of _payloads, reused
-        # Per calibrated flag, per veto code: the encoded veto and calibrated fields.
-        self._veto_tails = {c: [self._encode(v) + _BOOLS[c] for v in _VETOES] for c in (False, True)}
+        self._encoder = SignalEncoder(self.names)
+        self._series_cache: dict[tuple[str, str, str], tuple] = {}  # per series, see _series_entry
 
     def _series(self, keys: list[tuple[str, str, str]]) -> list[tuple]:
         """Per key: its row (allocated for a new series, in order of first appearance), its paper
-        book and the encoded pieces of its signals (`_series_wire`)."""
-        get = self._wire.get
+        book, its signals' id prefix and encoded series (`_series_entry`)."""
+        get = self._series_cache.get
         out = [get(k) for k in keys]
         if None in out:
             new = [k for k in dict.fromkeys(keys) if k not in self._rows]
@@ -243,27 +117,26 @@ class DecisionStage:
                     self._rows[k] = r
             for i, k in enumerate(keys):
                 if out[i] is None:
-                    out[i] = self._wire.get(k) or self._series_wire(k)
+                    out[i] = self._series_cache.get(k) or self._series_entry(k)
         return out
 
-    def _series_wire(self, key: tuple[str, str, str]) -> tuple:
-        """(row, book, id prefix, msgpack of venue + symbol + tf) of a series, cached."""
+    def _series_entry(self, key: tuple[str, str, str]) -> tuple:
+        """(row, book, id prefix, `SignalEncoder.series`) of a series, cached."""
         tf, venue, symbol = key
-        enc = self._encode
         id_prefix = sig_id(tf, venue, symbol, 0)[:-1]  # the id at time 0, less the 0
-        entry = (self._rows[key], (venue, f"{symbol}/{tf}"), id_prefix, enc(venue) + enc(symbol) + enc(tf))
-        self._wire[key] = entry
+        entry = (self._rows[key], (venue, f"{symbol}/{tf}"), id_prefix, self._encoder.series(tf, venue, symbol))
+        self._series_cache[key] = entry
         return entry
 
     def _evidence(self, predictions: Sequence[Mapping[str, Prediction]]) -> tuple:
         """Per vector, from its predictions: the forecast's P(up), mean and std at the first horizon
         (NaN without one), the anomaly flag, the regime label (1, normal, when unknown), and the
-        encoded ``model_versions`` and ``degraded`` fields of its signal (cached per combination
-        of models, versions and degraded flags: a handful)."""
+        encoded ``model_versions`` and ``degraded`` fields of its signal (`SignalEncoder.version_tail`,
+        cached per combination of models, versions and degraded flags: a handful)."""
         nan = np.nan
         ups, means, stds, flag, label, versions = [], [], [], [], [], []
-        cache = self._versions
-        empty = cache[()]
+        tails = self._encoder.versions
+        empty = tails[()]
         for p in predictions:  # plain lists: assigning into NumPy rows one by one costs more
             if not p:
                 ups.append(nan)
@@ -295,13 +168,9 @@ class DecisionStage:
             q = p.get("regime")
             x = q.outputs.get("LABEL") if q is not None else None
             label.append(x[0] if x else 1.0)
-            tail = cache.get(key)
+            tail = tails.get(key)
             if tail is None:
-                if len(cache) > _MAX_CACHED:
-                    cache.clear()
-                    cache[()] = empty
-                tail = cache[key] = (self._encode({key[i]: key[i + 1] for i in range(0, len(key), 3)})
-                                     + _BOOLS[any(key[2::3])])
+                tail = self._encoder.version_tail(key)
             versions.append(tail)
         f64 = np.float64
         regime = np.nan_to_num(np.array(label, dtype=f64), nan=1.0).astype(np.int64)
@@ -333,7 +202,7 @@ class DecisionStage:
             SchemaError: a vector of another feature layout.
         """
         if not vectors:
-            return SignalBatch([], [], [], np.zeros(0, np.int8), np.zeros(0), np.zeros(0, bool), self._decoder)
+            return self._encoder.empty()
         width = 8 * len(self.names)
         checked = self.names
         for v in vectors:
@@ -352,12 +221,12 @@ class DecisionStage:
         books = [w[1] for w in wire]
         starts = [v.start_ns for v in vectors]
         # The ids: each series' prefix and the bar time (a close usually has one).
-        times = {t: (str(t), self._encode(t)) for t in set(starts)}
+        times = {t: str(t) for t in set(starts)}
         if len(times) == 1:
-            t_str = next(iter(times.values()))[0]
+            t_str = next(iter(times.values()))
             ids = [w[2] + t_str for w in wire]
         else:
-            ids = [w[2] + times[t][0] for w, t in zip(wire, starts)]
+            ids = [w[2] + times[t] for w, t in zip(wire, starts)]
         features = np.frombuffer(b"".join([v.values for v in vectors]), dtype="<f8").reshape(len(vectors), -1)
         price = np.array([v.close for v in vectors], dtype=np.float64)
         ts = np.array(starts, dtype=np.int64)
@@ -393,100 +262,12 @@ class DecisionStage:
             mine = np.flatnonzero(np.sign(pf.position_notional(traded)) == np.sign(qty[trade]))
             if mine.size and self.risk.exits:
                 pf.set_exits([traded[j] for j in mine.tolist()], stop[trade[mine]], take[trade[mine]])
-        # (n, fields), as a transposed view: np.stack costs more for a few rows (the backtest's one).
+        # (n, fields) in the order of Signal's float fields, as a transposed view: np.stack costs more
+        # for a few rows (the backtest's one).
         floats = np.array([price, d.confidence, d.score, mean, std, z.risk_reward, z.expected_value, z.kelly,
                            fraction, notional, qty, stop, take], dtype=np.float64).T
-        veto = self._veto_codes(d, z)
-        time_bytes = next(iter(times.values()))[1] if len(times) == 1 else [times[t][1] for t in starts]
-        payloads = self._payloads(wire, ids, time_bytes, d, floats, features, versions, veto)
-        return SignalBatch(keys, ids, payloads, d.action, qty, _ANOMALY[veto], self._decoder)
-
-    def _veto_codes(self, d, z) -> np.ndarray:
-        """Per row, an index into `_VETOES`: the engine's veto, else the risk rules' when they kept
-        a BUY/SELL at size 0."""
-        return _VETO_CODES[d.veto, z.veto, (d.action != 0).view(np.int8)]
-
-    def _payloads(self, wire, ids, time_bytes, d, floats, features, versions, veto) -> list[bytes]:
-        """Every row's payload: the same bytes `Codec.encode` writes for the Signal the row stands for.
-
-        The middle of each payload (the floats and the two evidence maps) has one of a few fixed
-        layouts (`_Layout`); all rows are written into one byte matrix from their layout's
-        template, whatever the mix of layouts: the floats through one strided view (they sit at
-        the same place in every layout), the maps' values by one scatter. What is left per row
-        is joining byte strings.
-
-        Args:
-            time_bytes: the encoded bar time, one for all rows (bytes) or per row (a list).
-        """
-        n = len(ids)
-        has = np.isfinite(d.votes)
-        # The (up to) two strongest rules with a view, strongest first (-1: fewer had one).
-        strength = np.where(has[:, _RULE_COLUMNS], np.abs(d.contributions[:, _RULE_COLUMNS]), -1.0)
-        order = np.argsort(-strength, axis=1, kind="stable")[:, :2]
-        ranked = strength[np.arange(n)[:, None], order] >= 0
-        top = np.where(ranked, order, -1) + 1
-        base = len(_RULES) + 1
-        pattern = has.astype(np.int64) @ _SOURCE_BITS
-        code = pattern * (base * base) + top[:, 0] * base + top[:, 1]
-        # The distinct layout codes and each row's (np.unique without its sort: codes are small).
-        present = np.bincount(code, minlength=1) > 0
-        codes = np.flatnonzero(present)
-        which = (np.cumsum(present) - 1)[code]
-        layouts = [self._layouts.get(c) or self._layout(c, base) for c in codes.tolist()]
-        size = max(lay.template.shape[0] for lay in layouts)
-        width = size + 8  # a row's last 8 bytes take the padding values of shorter layouts
-        k = max(lay.value_at.shape[0] for lay in layouts)
-        templates = np.zeros((len(layouts), width), np.uint8)
-        columns = np.zeros((len(layouts), k), np.int64)  # padding reads column 0 ...
-        value_at = np.full((len(layouts), k), size, np.int64)  # ... and writes past the payload
-        for g, lay in enumerate(layouts):
-            templates[g, : lay.template.shape[0]] = lay.template
-            columns[g, : lay.columns.shape[0]] = lay.columns
-            value_at[g, : lay.value_at.shape[0]] = lay.value_at
-        # The matrix lives on between calls: a fresh one each time cost more in page faults than
-        # everything written into it.
-        if self._scratch.shape[0] < n * width:
-            self._scratch = np.empty(2 * n * width, np.uint8)
-        block = self._scratch[: n * width].reshape(n, width)
-        np.take(templates, which, axis=0, out=block)
-        # The float block: a marker byte then 8 big-endian bytes per field, from offset 0. (Writing
-        # into a big-endian view swaps the bytes: every bit is kept, NaN payloads and -0.0 too.)
-        np.ndarray((n, len(_FLOAT_FIELDS)), ">f8", block, 1, (width, 1 + 8))[:] = floats
-        if k:
-            # The maps' values, each 8 bytes at any byte offset: a float view that starts at
-            # every byte (stride 1) takes them all in one assignment.
-            values = np.concatenate([d.contributions, features[:, self._cited_columns]], axis=1)
-            at = columns[which] + (np.arange(n) * values.shape[1])[:, None]
-            to = value_at[which] + (np.arange(n) * width)[:, None]
-            np.ndarray((n * width - 7,), ">f8", block, 0, (1,))[to.ravel()] = values.reshape(-1)[at.ravel()]
-        flat = memoryview(block.reshape(-1))
-        starts = np.arange(0, n * width, width)
-        ends = starts + np.array([lay.template.shape[0] for lay in layouts])[which]
-        middles = [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-        tails = self._veto_tails[bool(d.calibrated)]
-        return list(map(b"".join, zip(repeat(_SIGNAL_HEAD), map(self._encode, ids), [w[3] for w in wire],
-                                      repeat(time_bytes) if isinstance(time_bytes, bytes) else time_bytes,
-                                      map(self._actions.__getitem__, d.action.tolist()), middles, versions,
-                                      map(tails.__getitem__, veto.tolist()))))
-
-    def _layout(self, code: int, base: int) -> _Layout:
-        """The `_Layout` of a layout code (voting sources, strongest rules), cached."""
-        pattern, pair = divmod(code, base * base)
-        sources = [j for j in range(len(SOURCES)) if pattern >> j & 1]
-        names, cols = self._cited[(pair // base - 1, pair % base - 1)]
-        template = bytearray((_FLOAT64 + bytes(8)) * len(_FLOAT_FIELDS))
-        slots = []
-        for keys in ([SOURCES[j] for j in sources], names):
-            part, at = _map_layout(self._encode, keys)
-            slots += [len(template) + s for s in at]
-            template += part
-        # Where each map value comes from in `_payloads`' matrix: contributions, then features.
-        columns = [*sources, *(len(SOURCES) + self._cited_columns.index(c) for c in cols)]
-        if len(self._layouts) > _MAX_CACHED:
-            self._layouts.clear()
-        lay = self._layouts[code] = _Layout(np.frombuffer(bytes(template), np.uint8), np.array(slots, dtype=np.int64),
-                                            np.array(columns, dtype=np.int64))
-        return lay
+        return self._encoder.encode(keys, ids, [w[3] for w in wire], starts, times, d, z, floats, qty, features,
+                                    versions)
 
     def feedback(self, fb: Feedback) -> bool:
         """Applies a verdict to the series it concerns; False when there is nothing to learn
@@ -517,4 +298,4 @@ class DecisionStage:
         self.engine.restore(engine)
         self.portfolio = Portfolio.from_bytes(portfolio)
         self._rows = {tuple(k): r for k, r in rows}
-        self._wire = {}
+        self._series_cache = {}
