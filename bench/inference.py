@@ -17,9 +17,16 @@ In-process: the model's NumPy forward pass (`triton_models/_runtime`) on the sam
 Ratios: client inferences/s over direct batch-1 at the same concurrency (what micro-batching buys a
 caller that has one row at a time), and each over in-process.
 
+--instance-kind gpu loads the model with KIND_GPU instances (CuPy inside the model, DLPack in and
+out); --instance-kind cpu,gpu runs both, one server after the other, in this process. The GPU
+instances run in --gpu-runtime-venv (a venv with CuPy; default --runtime-venv), the CPU ones in
+--runtime-venv (default the project's model-runtime venv, built when it is missing). Before timing, one answer of each server is checked against the
+in-process forward pass (a server that returns wrong or empty outputs is not timed).
+
 Usage:
     .venv/bin/python bench/inference.py [--model forecast] [--seconds 3] [--batches 1,8,64,256]
         [--concurrency 1,16,64] [--client-concurrency 1,16,64,256,1024] [--window-ms 2]
+        [--instance-kind cpu|gpu|cpu,gpu] [--runtime-venv PATH] [--gpu-runtime-venv PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,19 +131,56 @@ async def through_client(url: str, model: str, x: np.ndarray, concurrencies, sec
     return out
 
 
-def in_process(model: str, x: np.ndarray, seconds: float) -> float:
-    """Rows/s of the model's own NumPy forward pass, batch 256, this process."""
+def forward_fn(model: str):
+    """The model's own NumPy forward pass of its highest trained version (None: not wired)."""
     repo = PROJECT_ROOT / "triton_models" / model
     version = max(int(p.parent.name) for p in repo.glob("*/weights.npz"))
     with np.load(repo / str(version) / "weights.npz", allow_pickle=False) as z:
         weights = {k: z[k] for k in z.files}
-    if model == "forecast":
-        from _runtime.nn import forecast_forward, prepare_forecast
+    if model != "forecast":
+        return None
+    from _runtime.nn import forecast_forward, prepare_forecast
 
-        params = prepare_forecast(weights, np)
-        fn = lambda batch: forecast_forward(params, batch, np)  # noqa: E731
-    else:
-        print(f"(no in-process baseline wired for {model})")
+    params = prepare_forecast(weights, np)
+    return lambda batch: forecast_forward(params, batch, np)
+
+
+async def check_answer(url: str, model: str, x: np.ndarray, fn) -> None:
+    """One request of 64 rows must equal the in-process forward pass (1e-6).
+
+    Raises:
+        SystemExit: the server's answer differs (or is empty); the figures would be meaningless.
+    """
+    import tritonclient.grpc.aio as grpcclient
+
+    if fn is None:
+        return
+    want = fn(x[:64])
+    async with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("FEATURES", [64, *x.shape[1:]], "FP64")
+        inp.set_data_from_numpy(x[:64])
+        res = await client.infer(model, [inp])
+    for name, w in want.items():
+        got = res.as_numpy(name)
+        if got is None or got.shape != w.shape or not np.allclose(got, w, rtol=1e-6, atol=1e-9):
+            raise SystemExit(f"bench/inference.py: {model}.{name} from the server differs from the in-process "
+                             f"forward pass (shape {None if got is None else got.shape}, want {w.shape}); not timing it")
+
+
+def gpu_line() -> str:
+    """The GPU's name and driver (nvidia-smi), or why there is none."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return "gpu: none (no nvidia-smi)"
+    out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    return f"gpu: {out or 'none'}"
+
+
+def in_process(fn, x: np.ndarray, seconds: float) -> float:
+    """Rows/s of the model's own NumPy forward pass, batch 256, this process."""
+    if fn is None:
+        print("(no in-process baseline wired for this model)")
         return float("nan")
     b = min(256, len(x))
     rows, t0 = 0, time.perf_counter()
@@ -154,30 +200,55 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--client-concurrency", default="1,16,64,256,1024")
     ap.add_argument("--window-ms", type=float, default=2.0, help="client micro-batch window (default 2)")
+    ap.add_argument("--instance-kind", default="cpu", help="cpu, gpu or cpu,gpu (default cpu)")
+    ap.add_argument("--runtime-venv", type=Path, default=None,
+                    help="model-runtime venv used as it is (default: the project's, built if missing)")
+    ap.add_argument("--gpu-runtime-venv", type=Path, default=None,
+                    help="model-runtime venv of the GPU instances, with CuPy (default: --runtime-venv)")
     args = ap.parse_args()
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    kinds = [k for k in args.instance_kind.split(",") if k]
+    if not kinds or set(kinds) - {"cpu", "gpu"}:
+        ap.error(f"--instance-kind takes cpu, gpu or cpu,gpu, not {args.instance_kind!r}")
     x = windows(4096)
+    fn = forward_fn(args.model)
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}; "
-          f"model {args.model}, input {list(x.shape[1:])} float64, {args.seconds:.0f} s per cell")
-    prepare_runtime(DEFAULT_RUNTIME_VENV)
-    with tempfile.TemporaryDirectory() as work:
-        server = TritonServer(PROJECT_ROOT / "triton_models", work, DEFAULT_RUNTIME_VENV, models=[args.model])
-        server.start()
-        try:
-            print(f"{'':<34} {'inferences/s':>12} {'p50 ms':>9} {'p99 ms':>9}")
-            base = in_process(args.model, x, args.seconds)
-            d = asyncio.run(direct(server.grpc_url, args.model, x, ints(args.batches), ints(args.concurrency),
-                                   args.seconds))
-            c = asyncio.run(through_client(server.grpc_url, args.model, x, ints(args.client_concurrency),
-                                           args.seconds, args.window_ms))
-        finally:
-            server.stop()
+          f"model {args.model}, input {list(x.shape[1:])} float64, {args.seconds:g} s per cell")
+    if "gpu" in kinds:
+        print(gpu_line())
+    venv = args.runtime_venv or prepare_runtime(DEFAULT_RUNTIME_VENV)
+    venvs = {"cpu": venv, "gpu": args.gpu_runtime_venv or venv}
+    print(f"{'':<34} {'inferences/s':>12} {'p50 ms':>9} {'p99 ms':>9}")
+    base = in_process(fn, x, args.seconds)
+    results = {}
+    for kind in kinds:
+        print(f"\ninstance kind {kind} (model-runtime venv {venvs[kind]})")
+        with tempfile.TemporaryDirectory() as work:
+            server = TritonServer(PROJECT_ROOT / "triton_models", work, venvs[kind], models=[args.model],
+                                  instance_kind=kind)
+            server.start()
+            try:
+                asyncio.run(check_answer(server.grpc_url, args.model, x, fn))
+                d = asyncio.run(direct(server.grpc_url, args.model, x, ints(args.batches), ints(args.concurrency),
+                                       args.seconds))
+                c = asyncio.run(through_client(server.grpc_url, args.model, x, ints(args.client_concurrency),
+                                               args.seconds, args.window_ms))
+            finally:
+                server.stop()
+        results[kind] = d, c
     print("\nratios")
-    for conc, rate in c.items():
-        if (1, conc) in d:
-            print(f"  client / direct batch 1 at concurrency {conc:>4}: {rate / d[(1, conc)]:6.1f}x")
-    best = max(d.values())
-    print(f"  best direct / in-process: {best / base:6.2f}x;  best client / in-process: {max(c.values()) / base:6.2f}x")
+    for kind, (d, c) in results.items():
+        for conc, rate in c.items():
+            if (1, conc) in d:
+                print(f"  {kind}: client / direct batch 1 at concurrency {conc:>4}: {rate / d[(1, conc)]:6.1f}x")
+        print(f"  {kind}: best direct / in-process: {max(d.values()) / base:6.2f}x;  "
+              f"best client / in-process: {max(c.values()) / base:6.2f}x")
+    if len(results) == 2:
+        (dc, cc), (dg, cg) = results["cpu"], results["gpu"]
+        for cell in dc:
+            if cell in dg:
+                print(f"  gpu / cpu direct batch {cell[0]:>4} x conc {cell[1]:>4}: {dg[cell] / dc[cell]:6.2f}x")
+        print(f"  gpu / cpu best client: {max(cg.values()) / max(cc.values()):6.2f}x")
     return 0
 
 

@@ -121,6 +121,16 @@ def _pytriton_dir(venv: Path) -> Path:
     return d
 
 
+def _runtime_python(venv: Path) -> tuple[str, str]:
+    """(major.minor, the directory of its libpython) of the venv's Python: the stub links that
+    libpython, which a Python built outside the system (pyenv, uv, a CUDA image's) keeps off the
+    loader's default path."""
+    probe = "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_config_var('LIBDIR'))"
+    out = subprocess.run([str(_venv_python(venv)), "-c", probe], capture_output=True, text=True, check=True).stdout
+    version, libdir = out.splitlines()
+    return version, libdir
+
+
 def prepare_backend(venv: str | os.PathLike, backend_dir: str | os.PathLike) -> Path:
     """Copies the Python backend with the stub for the venv's Python into ``backend_dir/python``.
 
@@ -129,8 +139,7 @@ def prepare_backend(venv: str | os.PathLike, backend_dir: str | os.PathLike) -> 
     """
     venv, backend_dir = Path(venv), Path(backend_dir)
     triton = _pytriton_dir(venv)
-    py = subprocess.run([str(_venv_python(venv)), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                        capture_output=True, text=True, check=True).stdout.strip()
+    py = _runtime_python(venv)[0]
     stub = triton / "python_backend_stubs" / py / "triton_python_backend_stub"
     if not stub.exists():
         have = sorted(p.name for p in (triton / "python_backend_stubs").iterdir())
@@ -206,11 +215,11 @@ class TritonServer(ServerProcess):
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         # The stub finds its site-packages through PATH/VIRTUAL_ENV, and its bundled CUDA runtime
-        # stubs through LD_LIBRARY_PATH (nvidia_pytriton.libs).
+        # stubs (nvidia_pytriton.libs) and libpython through LD_LIBRARY_PATH.
         env["VIRTUAL_ENV"] = str(self.runtime_venv)
         env["PATH"] = f"{self.runtime_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        libs = _site_packages(self.runtime_venv) / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = f"{libs}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
+        libs = [str(_site_packages(self.runtime_venv) / "nvidia_pytriton.libs"), _runtime_python(self.runtime_venv)[1]]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep __pycache__ out of the repository
         return env
 

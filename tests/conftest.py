@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nats
@@ -38,10 +39,12 @@ async def nc(nats_server):
 
 @pytest.fixture(scope="session")
 def triton_runtime():
-    """The model-runtime venv (built by `make setup`; built here if missing)."""
+    """The model-runtime venv (built by `make setup`; built here if missing), or the one that
+    TICKMESH_TRITON__RUNTIME_VENV names, used as it is (a GPU machine's, with CuPy)."""
     from core.triton import DEFAULT_RUNTIME_VENV, prepare_runtime
 
-    return prepare_runtime(DEFAULT_RUNTIME_VENV)
+    given = os.environ.get("TICKMESH_TRITON__RUNTIME_VENV")
+    return Path(given) if given else prepare_runtime(DEFAULT_RUNTIME_VENV)
 
 
 @pytest.fixture

@@ -314,7 +314,7 @@ class VolumeProfile(Kernel):
         peak = bins.max(axis=0)
         # poc = the lowest bin holding the maximum: nb - max over bins of (bin == max) * (nb - bin),
         # on uint8. A row with NaN in its window (still warming up) matches nothing: clamped.
-        poc = nb - ((bins == peak) * xp.arange(nb, 0, -1, dtype=xp.uint8)[:, None]).max(axis=0)
+        poc = nb - ((bins == peak) * xp.arange(nb, 0, -1).astype(xp.uint8)[:, None]).max(axis=0)
         poc = xp.minimum(poc.astype(xp.int64), nb - 1)
         # The growth is a walk of two pointers into the flat histogram, one bin per step,
         # vectorized across rows (each choice depends on the previous one). Every row walks all

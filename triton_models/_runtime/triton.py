@@ -7,9 +7,11 @@ input, row and feature; the others still run), the good ones are concatenated, c
 call, and split back.
 
 The array module is NumPy, or CuPy when the instance runs as KIND_GPU and CuPy is installed; the
-model code is the same for both. On the GPU, tensors that arrive in GPU memory are taken through
-DLPack without a copy (CPU tensors are copied to the device once per batch), and outputs go back
-through DLPack. The GPU path has not run yet: no accelerator was available where it was written.
+model code is the same for both. A GPU instance takes every numeric tensor through DLPack: one in
+GPU memory without a copy, one in host memory as a NumPy view (copied to the device once per
+batch), and hands its outputs back through DLPack. It never reads a tensor through the NumPy
+array that the stub builds (``as_numpy``), which is wrong when the stub runs under a NumPy other
+than the one it was built for (nvidia-pytriton 0.7.0's stub under NumPy 2, as on a CUDA image).
 """
 
 from __future__ import annotations
@@ -109,12 +111,15 @@ class BatchedModel:
         ``compute`` fails the whole dynamic batch). A string input arrives as a 1-D object array.
         """
 
-    def _tensor(self, t):
-        """A request tensor as an array: NumPy, or (a tensor already on the GPU of a KIND_GPU
-        instance) a CuPy array over the same memory, through DLPack."""
-        if self.xp is not np and not t.is_cpu():
-            return self.xp.from_dlpack(t.to_dlpack())
-        return t.as_numpy()
+    def _tensor(self, t, shape):
+        """A request tensor as an array: NumPy on a CPU instance; on a GPU instance a CuPy array
+        over the tensor's GPU memory or a NumPy view of its host memory, both through DLPack.
+        Strings (``shape`` None) are always NumPy: DLPack has no string type."""
+        if self.xp is np or shape is None:
+            return t.as_numpy()
+        if t.is_cpu():
+            return np.from_dlpack(t)
+        return self.xp.from_dlpack(t.to_dlpack())
 
     def _read(self, request) -> dict[str, np.ndarray]:
         out = {}
@@ -122,7 +127,7 @@ class BatchedModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             if t is None:
                 raise InputError(f"missing input {name!r}")
-            a = self._tensor(t)
+            a = self._tensor(t, shape)
             if shape is None:
                 out[name] = a.reshape(-1)
                 self.validate(name, out[name])
@@ -176,12 +181,9 @@ class BatchedModel:
 
 
 def _output(name: str, a) -> "pb_utils.Tensor":
-    """A response tensor: NumPy as is; a CuPy array handed over through DLPack (no copy to the host),
-    except booleans, which DLPack consumers do not all take."""
+    """A response tensor: NumPy as is; a CuPy array handed over through DLPack (no copy to the host)."""
     if isinstance(a, np.ndarray):
         return pb_utils.Tensor(name, np.ascontiguousarray(a))
-    if a.dtype == bool:
-        return pb_utils.Tensor(name, np.ascontiguousarray(a.get()))
     import cupy
 
     return pb_utils.Tensor.from_dlpack(name, cupy.ascontiguousarray(a))

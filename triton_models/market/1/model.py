@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -22,6 +21,12 @@ PARTS = {
     "forecast": (("MEAN", "FORECAST_MEAN"), ("STD", "FORECAST_STD"), ("P_UP", "FORECAST_P_UP")),
     "regime": (("PROBS", "REGIME_PROBS"), ("LABEL", "REGIME_LABEL")),
 }
+
+
+def _renamed(t, name: str):
+    """A sub-model's output tensor under this model's name, through DLPack: no copy, in host or GPU
+    memory (a KIND_GPU sub-model's), and no NumPy view made by the stub (see _runtime.triton)."""
+    return pb_utils.Tensor.from_dlpack(name, t.to_dlpack())
 
 
 class TritonPythonModel:
@@ -42,7 +47,7 @@ class TritonPythonModel:
                 raise InputError(f"{name}: {resp.error().message()}")
             for ours, theirs in outs:
                 t = pb_utils.get_output_tensor_by_name(resp, ours)
-                tensors.append(pb_utils.Tensor(theirs, np.ascontiguousarray(t.as_numpy())))
+                tensors.append(_renamed(t, theirs))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     async def execute(self, requests):
