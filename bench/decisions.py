@@ -15,6 +15,12 @@ bars, then one bar close is timed repeatedly:
 - at server: the same, timed until the server has read every signal (the write flushed to the
   socket, then a PING/PONG round trip: subscribers have them), before the acks are awaited;
 - batch: the same ``decide_batch`` call alone, nothing published;
+- server read: the server's share of "at server": the close's signals decided and framed as for
+  "acked" (untimed, already in nats-py's write buffer), then timed from the write until the
+  PING/PONG after it came back; acks awaited after. core read: the same bytes on subjects no
+  stream captures (core NATS: no JetStream storage, no Msg-Id dedup, no acks), timed alike. These
+  two say what the server needs to read a close's publishes, whatever Python costs (only for N
+  within the publisher's in-flight bound, so that the close goes in one write);
 - objects: ``stage.decide``, the same signals as `core.schema.Signal` objects (what a backtest
   gets: ``decide_batch`` plus decoding every payload);
 - per vector (baseline): one ``decide_batch`` call per vector, as the worker decided before bar
@@ -61,6 +67,7 @@ from core.natsserver import NatsServer  # noqa: E402
 from core.schema import FeatureVector, Prediction  # noqa: E402
 from core.signals import DecisionStage, SignalBatch  # noqa: E402
 
+MAX_INFLIGHT = 4096  # the signal publisher's bound on unacknowledged publishes (AckedPublisher's default)
 DATA = ROOT.parent / "shared" / "data" / "bars" / "eurusd_1h_2017-2018.csv"
 
 
@@ -102,6 +109,25 @@ async def publish_signals(nc, out: AckedPublisher, batch: SignalBatch, subject_o
     return at_server
 
 
+async def server_read(nc, out: AckedPublisher, batch: SignalBatch, subject_of: dict) -> tuple[float, float]:
+    """Seconds the server takes to read a close's signals once they are framed: as JetStream
+    publishes (as the worker sends them), then the same bytes as core NATS messages."""
+    messages = signal_messages(batch, subject_of)
+    await out.publish_many(messages)  # framed into the write buffer; nothing written yet
+    t0 = time.perf_counter()
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
+    js_s = time.perf_counter() - t0
+    await out.wait()
+    blob = b"".join(f"HPUB core.{s} {len(h)} {len(h) + len(p)}\r\n{h}".encode() + p + b"\r\n"
+                    for s, p, h in messages)  # no stream captures core.>
+    t0 = time.perf_counter()
+    await nc._send_command(blob)
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
+    return js_s, time.perf_counter() - t0
+
+
 async def run(args) -> int:
     names, values, close, ts = series()
     first = 150  # past every feature's warm-up
@@ -111,16 +137,20 @@ async def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "js") as server:
         nc = await nats.connect(server.url)
         await streams.ensure(nc.jetstream(), StreamsConfig())
-        out = await AckedPublisher(nc).start()
+        out = await AckedPublisher(nc, max_inflight=MAX_INFLIGHT).start()
         for n in (int(x) for x in args.sizes.split(",")):
             rng = np.random.default_rng(n)
             starts = rng.integers(first, len(close) - args.warmup - args.reps - 2, n)
             med = {}
-            paths = ("acked", "batch", "objects") + (("per vector",) if n <= args.per_vector_max else ())
+            # "server read" needs the whole close in one write: no wait for acks in publish_many.
+            paths = (("acked", "batch", "objects") + (("server read",) if n <= MAX_INFLIGHT else ())
+                     + (("per vector",) if n <= args.per_vector_max else ()))
             for path in paths:
                 stage = DecisionStage(names)
                 subject_of: dict = {}  # the worker's cache of signal subjects
-                times: dict[str, list[float]] = {path: []} if path != "acked" else {"at server": [], "acked": []}
+                times: dict[str, list[float]] = (
+                    {"at server": [], "acked": []} if path == "acked"
+                    else {"server read": [], "core read": []} if path == "server read" else {path: []})
                 for t in range(args.warmup + args.reps):
                     vecs, preds = bar_close(names, values, close, ts, starts, t)
                     t0 = time.perf_counter()
@@ -131,6 +161,12 @@ async def run(args) -> int:
                         stage.decide_batch(vecs, preds)
                     elif path == "objects":
                         stage.decide(vecs, preds)
+                    elif path == "server read":
+                        js_s, core_s = await server_read(nc, out, stage.decide_batch(vecs, preds), subject_of)
+                        if t >= args.warmup:
+                            times["server read"].append(js_s)
+                            times["core read"].append(core_s)
+                        continue
                     else:
                         for v, p in zip(vecs, preds):
                             stage.decide_batch([v], [p])
@@ -147,7 +183,9 @@ async def run(args) -> int:
                 print(f"{'':>8} one decide per close is {med['per vector'] / med['batch']:.1f}x faster than "
                       f"one per vector")
             print(f"{'':>8} publishing adds {med['at server'] - med['batch']:.2f} ms until the server has the "
-                  f"signals, {med['acked'] - med['batch']:.2f} ms until JetStream acked them all")
+                  f"signals, {med['acked'] - med['batch']:.2f} ms until JetStream acked them all"
+                  + (f"; the server alone reads the framed signals in {med['server read']:.2f} ms "
+                     f"({med['core read']:.2f} ms as core NATS messages)" if "server read" in med else ""))
         await out.close()
         await nc.close()
     return 0
