@@ -26,7 +26,8 @@ def array_module(device: str) -> ModuleType:
     try:
         import cupy
     except ImportError as exc:
-        raise ConfigError(f"features device 'gpu' needs CuPy (pip install cupy-cuda12x): {exc}") from None
+        raise ConfigError(f"features device 'gpu' needs CuPy (pip install cupy-cuda12x or cupy-cuda13x, "
+                          f"matching the CUDA driver): {exc}") from None
     try:
         cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when no driver/GPU is present
