@@ -7,8 +7,11 @@ fractions are of current equity.
 
 Sizing rules (:func:`size`), applied in this order:
 
-1. **Inputs.** ``p_win = confidence_pct / 100``; ``b = risk_reward(price, stop, take_profit)``
-   (the reward of a take-profit hit in units of the loss of a stop hit).
+1. **Inputs.** ``b = risk_reward(price, stop, take_profit)`` (the reward of a take-profit hit in
+   units of the loss of a stop hit) and ``p_win``, the probability that the price reaches the
+   take-profit before the stop (:func:`p_take_profit_first`, model below). ``confidence_pct / 100``
+   is the chance that the *next bar* moves the signal's way; it sets the drift of that model, it is
+   not ``p_win``.
 2. **Kelly.** ``fraction = kelly_fraction * kelly(p_win, b)``, capped by
    ``max_position_fraction`` and by ``max_risk_fraction / (|price - stop| / price)``, the
    largest position whose stop-out loses at most ``max_risk_fraction`` of equity.
@@ -28,6 +31,49 @@ Sizing rules (:func:`size`), applied in this order:
    served by expected value, best first (ties in row order), each cut to what is left, and vetoed
    (``exposure_limit``) when nothing is left. The part of an order that only reduces or flips an
    opposite position to at most its current size adds no gross exposure and always passes.
+
+**The take-profit-first model** (why ``p_win`` is not the confidence). Let ``X_t = direction *
+(P_t - price)`` be the price move in the signal's favour after entry, ``t`` in bars, with the
+take-profit at ``X = a = |take_profit - price|`` and the stop at ``X = -c``, ``c = |price - stop|``
+(so ``b = a / c``). ``X`` is Brownian motion with drift ``mu`` and volatility ``sigma`` per bar,
+in price units, over the life of the trade:
+
+- ``sigma``: ``bar_std`` per row, the largest of the 1-bar std estimates the signal has
+  (`bar_std`): the forecast's 1-bar ``STD`` and the realized ``ret_std_20`` (log returns, times the
+  price), and ``sqrt(pi/8) * ATR``: a bar of Brownian motion that opens at the previous close has a
+  true range equal to its high - low, whose mean is ``sqrt(8/pi) * sigma`` (Feller's expected
+  range), and ATR is the mean true range. Each estimate fails low somewhere, and a ``sigma`` too
+  small overstates the edge while one too large pulls ``p_win`` towards no edge, so the largest.
+  Without ``bar_std``, ``sqrt(pi/8) * ATR`` with the ATR the stops were set from.
+- ``mu``: from the signal's own direction probability ``p = confidence_pct / 100`` (calibrated
+  when a calibration is loaded). Under the model the next bar moves the signal's way with
+  probability ``P(X_1 > 0) = Phi(mu / sigma)``, so ``mu = sigma * Phi^-1(p)``: the signal and its
+  sizing read the same number. ``p = 0.5`` is no drift.
+
+Then (derivation in :func:`p_take_profit_first`) with ``nu = 2 mu / sigma**2 = 2 Phi^-1(p) /
+sigma``::
+
+    p_win = (1 - exp(nu c)) / (exp(-nu a) - exp(nu c)),   -> c / (a + c) as mu -> 0.
+
+Only the distances in units of ``sigma`` matter (``nu a = 2 Phi^-1(p) a / sigma``). With ATR-based
+``sigma`` and stops at 2x/3x ATR they are fixed (``a / sigma = 4.79``, ``c / sigma = 3.19``), so
+``p_win`` depends on ``p`` alone: 0.47 -> 0.265, 0.50 -> 0.400, 0.52 -> 0.497, 0.55 -> 0.637,
+0.60 -> 0.816.
+
+- **No edge, no position.** At ``p = 0.5`` (no drift) ``p_win = c / (a + c) = 1 / (1 + b)``, so
+  Kelly ``p_win - (1 - p_win) / b = 0`` exactly: ``non_positive_kelly``. Any ``p < 0.5`` gives a
+  negative Kelly. That holds for every ``b`` and every ``sigma``: with no drift ``X`` is a
+  martingale and optional stopping gives ``p_win * a = (1 - p_win) * c`` whatever the path.
+- **Price, not log price.** In log coordinates "no drift" is not "no edge": a log price without
+  drift has a price drift of ``+sigma**2 / 2``, which would give a p = 0.5 long a positive Kelly of
+  about ``ATR / price`` (and the short a negative one). Over the few ATRs to a level the two models
+  differ by that order only, and the price model keeps longs and shorts symmetric.
+- **An edge is amplified.** The model lets the one-bar drift persist until a level is hit (about
+  ``a c / sigma**2``, 15 bars, at no drift). A small per-bar edge then decides most trades: 0.55
+  becomes 0.637. An overstated confidence is overstated more in ``p_win``, so sizes are only as good
+  as the calibration (uncalibrated confidence is at least 57.5 %, which this model reads as a
+  ``p_win`` of 0.74 or more with ATR-based ``sigma``: the caps then decide the size, as they did
+  before).
 
 A row is ``downsized`` when step 3, 5 or 6 made it smaller without vetoing it. Sizing one row at a
 time in that priority order, each call seeing the exposure the previous rows added, gives the
@@ -70,6 +116,9 @@ __all__ = [
     "Sizing",
     "stops",
     "risk_reward",
+    "ATR_TO_STD",
+    "bar_std",
+    "p_take_profit_first",
     "kelly",
     "expected_value",
     "drawdown_factor",
@@ -81,6 +130,10 @@ _REL_TOL = 1e-9
 _ABS_TOL = 1e-12
 # Orders and rooms below this fraction of equity are nothing (float dust from subtractions).
 _DUST_FRACTION = 1e-9
+#: One bar's std of the price change per unit of ATR: sqrt(pi/8) (see the module docstring).
+ATR_TO_STD = float(np.sqrt(np.pi / 8.0))
+# Below this |nu * (a + c)| p_take_profit_first uses its first-order series (error < 1e-19).
+_SMALL_NU = 1e-9
 
 
 class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -151,8 +204,8 @@ class Sizing(NamedTuple):
         fraction: size of the order as a fraction of equity, >= 0 (0 when vetoed).
         notional: signed order value in the quote currency (+ buys, - sells).
         qty: signed order quantity in base units (``notional / price``).
-        kelly: the full Kelly fraction ``kelly(p_win, b)`` before scaling and caps (NaN when
-            undefined).
+        kelly: the full Kelly fraction ``kelly(p_win, b)`` before scaling and caps, ``p_win``
+            from `p_take_profit_first` (NaN when undefined).
         risk_reward: ``b``, the take-profit distance over the stop distance (NaN when undefined).
         expected_value: ``p_win * b - (1 - p_win)``, per unit risked (NaN when undefined).
         veto: :class:`Veto` codes, uint8.
@@ -210,6 +263,131 @@ def risk_reward(price, stop, take_profit) -> np.ndarray:
     return np.where(ok, rr, np.nan)
 
 
+def bar_std(price, atr, *log_return_stds) -> np.ndarray:
+    """One bar's standard deviation of the price change, in price units, per row: the largest of
+    the estimates a row has.
+
+    The estimates: ``ATR_TO_STD * atr`` (a Brownian bar's mean range is ``sqrt(8/pi)`` stds, and
+    ATR is the mean true range), and ``price * s`` for each std ``s`` of the 1-bar return given
+    (the forecast's ``STD`` at 1 bar, the realized ``ret_std_20``). One that is NaN, infinite or
+    <= 0 is left out; NaN where none is usable.
+
+    Why the largest: each estimate fails low somewhere (the forecast model's STD is an eighth of the
+    realized std on GOOG daily bars, out of its training distribution; ATR is a third of it on the
+    Kraken 1m bars, a third of which do not move), and a sigma that is too small overstates
+    whatever edge the signal claims (`p_take_profit_first` depends on distances in sigmas), while
+    one too large only pulls ``p_win`` towards no edge. On the four bar files of docs/SIGNALS.md the
+    largest was the closest to the realized next-bar std of all the choices (docs/SIGNALS.md,
+    "Kelly").
+
+    Args:
+        price: entry price per row.
+        atr: average true range per row, price units.
+        *log_return_stds: per-row stds of the 1-bar return (log or simple: equal to first order).
+    """
+    price = np.asarray(price, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        estimates = [ATR_TO_STD * np.asarray(atr, np.float64)]
+        estimates += [price * np.asarray(x, np.float64) for x in log_return_stds]
+        usable = [np.where(np.isfinite(e) & (e > 0), e, np.nan) for e in np.broadcast_arrays(price, *estimates)[1:]]
+    if len(usable) == 1:
+        return usable[0].copy()
+    stacked = np.stack(usable)
+    with np.errstate(invalid="ignore"):
+        best = np.max(np.where(np.isnan(stacked), -np.inf, stacked), axis=0)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def p_take_profit_first(reward, risk, drift, vol) -> np.ndarray:
+    """Probability that Brownian motion with ``drift`` and ``vol`` per unit time, started at 0,
+    reaches ``+reward`` before ``-risk``: ``(1 - exp(nu*risk)) / (exp(-nu*reward) - exp(nu*risk))``
+    with ``nu = 2 * drift / vol**2``, and ``risk / (reward + risk)`` without drift.
+
+    Derivation: for ``X_t = drift*t + vol*W_t``, ``E exp(theta X_t) = exp(t (theta drift +
+    theta**2 vol**2 / 2))``, whose exponent is 0 at ``theta = -nu``; so ``M_t = exp(-nu X_t)`` is a
+    martingale. The exit time ``T`` from ``(-risk, reward)`` is finite (vol > 0) and ``M`` is
+    bounded before it, so optional stopping gives ``1 = E M_T = P exp(-nu reward) + (1 - P)
+    exp(nu risk)``, which is the formula. Sign check: ``drift > 0`` makes ``nu > 0`` and ``P`` larger
+    than the driftless ``risk / (reward + risk)`` (there ``X`` itself is the martingale: ``P reward
+    - (1 - P) risk = 0``).
+
+    Computed without cancellation or overflow: multiplying through by ``exp(-nu risk)`` gives
+    ``P = expm1(-nu risk) / expm1(-nu (reward + risk))`` (used for ``nu > 0``) ``= exp(nu reward)
+    expm1(nu risk) / expm1(nu (reward + risk))`` (``nu < 0``): the arguments of ``exp`` are <= 0,
+    and ``expm1`` keeps full precision near 0. Where ``|nu (reward + risk)| < 1e-9`` (``nu = 0``
+    included) the first-order series ``risk / (reward + risk) * (1 + nu reward / 2)`` is used.
+
+    Args:
+        reward: distance to the upper level (take-profit), >= 0.
+        risk: distance to the lower level (stop), > 0, in the units of ``reward``.
+        drift: drift per unit time, in those units (+inf and -inf allowed: P is 1 and 0).
+        vol: volatility per unit time, > 0, in those units.
+
+    Returns:
+        float64 array of the broadcast shape; NaN where an input is NaN, ``reward < 0``,
+        ``risk <= 0``, ``vol`` is not finite and > 0, or ``reward`` and ``risk`` are infinite.
+    """
+    reward, risk, drift, vol = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (reward, risk, drift, vol)))
+    span = reward + risk
+    ok = (reward >= 0) & (risk > 0) & np.isfinite(span) & (vol > 0) & np.isfinite(vol) & ~np.isnan(drift)
+    with np.errstate(all="ignore"):
+        nu = 2.0 * drift / (vol * vol)
+        x = nu * span
+        up = np.expm1(-nu * risk) / np.expm1(-x)  # nu > 0 (an infinite nu gives -1 / -1 = 1)
+        down = np.exp(nu * reward) * np.expm1(nu * risk) / np.expm1(x)  # nu < 0
+        # nu = 0 included; for reward = 0 (already at the target) the series is exactly 1.
+        small = risk / span * (1.0 + 0.5 * nu * reward)
+        p = np.where(np.abs(x) < _SMALL_NU, small, np.where(nu > 0, up, down))
+        # An infinite nu times a zero reward is NaN in `down`: at the target already, P = 1.
+        p = np.where(reward == 0, 1.0, p)
+    return np.where(ok, np.clip(p, 0.0, 1.0), np.nan)
+
+
+def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    out = np.full_like(x, coefficients[0])
+    for c in coefficients[1:]:
+        out = out * x + c
+    return out
+
+
+# Wichura's AS241 (PPND16), the algorithm of statistics.NormalDist.inv_cdf; highest power first.
+_PPF_CENTRAL = ((2.5090809287301226727e+3, 3.3430575583588128105e+4, 6.7265770927008700853e+4,
+                 4.5921953931549871457e+4, 1.3731693765509461125e+4, 1.9715909503065514427e+3,
+                 1.3314166789178437745e+2, 3.3871328727963666080e+0),
+                (5.2264952788528545610e+3, 2.8729085735721942674e+4, 3.9307895800092710610e+4,
+                 2.1213794301586595867e+4, 5.3941960214247511077e+3, 6.8718700749205790830e+2,
+                 4.2313330701600911252e+1, 1.0))
+_PPF_NEAR = ((7.7454501427834140764e-4, 2.2723844989269184583e-2, 2.4178072517745061177e-1,
+              1.2704582524523683826e+0, 3.6478483247632046050e+0, 5.7694972214606914055e+0,
+              4.6303378461565452959e+0, 1.4234371107496835773e+0),
+             (1.0507500716444168432e-9, 5.4759380849953449460e-4, 1.5198666563616457197e-2,
+              1.4810397642748007459e-1, 6.8976733498510000455e-1, 1.6763848301838038494e+0,
+              2.0531916266377588219e+0, 1.0))
+_PPF_FAR = ((2.0103343992922881326e-7, 2.7115555687434875782e-5, 1.2426609473880784386e-3,
+             2.6532189526576123093e-2, 2.9656057182850489123e-1, 1.7848265399172913358e+0,
+             5.4637849111641143699e+0, 6.6579046435011037772e+0),
+            (2.0442631033899397856e-15, 1.4215117583164458887e-7, 1.8463183175100546818e-5,
+             7.8686913114561325910e-4, 1.4875361290850614852e-2, 1.3692988092273580531e-1,
+             5.9983220655588793769e-1, 1.0))
+
+
+def _normal_ppf(p) -> np.ndarray:
+    """Phi^-1(p), the standard normal quantile, vectorized (Wichura's AS241, about 1e-16
+    relative): -inf at 0, +inf at 1, NaN outside [0, 1]."""
+    p = np.asarray(p, np.float64)
+    q = p - 0.5
+    with np.errstate(all="ignore"):
+        r = 0.180625 - q * q
+        central = q * _horner(_PPF_CENTRAL[0], r) / _horner(_PPF_CENTRAL[1], r)
+        t = np.sqrt(-np.log(np.where(q <= 0, p, 1.0 - p)))
+        near = _horner(_PPF_NEAR[0], t - 1.6) / _horner(_PPF_NEAR[1], t - 1.6)
+        far = _horner(_PPF_FAR[0], t - 5.0) / _horner(_PPF_FAR[1], t - 5.0)
+        tail = np.copysign(np.where(t <= 5.0, near, far), q)
+    out = np.where(np.abs(q) <= 0.425, central, tail)
+    out = np.where(p == 0, -np.inf, np.where(p == 1, np.inf, out))
+    return np.where((p >= 0) & (p <= 1), out, np.nan)
+
+
 def kelly(p_win, b) -> np.ndarray:
     """The full Kelly fraction ``p - (1 - p) / b`` for a win of ``b`` units against a loss of 1.
 
@@ -238,7 +416,8 @@ def drawdown_factor(drawdown: float, settings: RiskSettings) -> float:
 
 
 def size(action, confidence_pct, price, stop, take_profit, equity: float, drawdown: float,
-         daily_loss: float, exposure: float, position_notional, settings: RiskSettings) -> Sizing:
+         daily_loss: float, exposure: float, position_notional, settings: RiskSettings, *,
+         bar_std=None) -> Sizing:
     """Sizes the orders of one bar close, one row per symbol (rules in the module docstring).
 
     Args:
@@ -253,6 +432,10 @@ def size(action, confidence_pct, price, stop, take_profit, equity: float, drawdo
         exposure: current gross exposure (sum of |position notional|), quote currency (one value).
         position_notional: current signed position value per row, quote currency.
         settings: the risk rules.
+        bar_std: one bar's std of the price change per row, price units (`bar_std`), the
+            ``sigma`` of the take-profit-first model. None, or NaN or <= 0 in a row: ``ATR_TO_STD
+            * |price - stop| / settings.stop_atr``, from the ATR the stops were set from (`stops`).
+            Only distances in units of it matter, so its scale must be the price's.
 
     Returns:
         The :class:`Sizing` of every row, 1-D.
@@ -267,17 +450,21 @@ def size(action, confidence_pct, price, stop, take_profit, equity: float, drawdo
     if action.size and (action.min() < -1 or action.max() > 1):
         raise ValidationError("action codes must be -1 (SELL), 0 (HOLD) or 1 (BUY)")
     try:
-        conf, px, stop, tp, pos = (np.broadcast_to(np.asarray(a, np.float64), action.shape)
-                                   for a in (confidence_pct, price, stop, take_profit, position_notional))
+        conf, px, stop, tp, pos, sigma = (np.broadcast_to(np.asarray(a, np.float64), action.shape)
+                                          for a in (confidence_pct, price, stop, take_profit, position_notional,
+                                                    np.nan if bar_std is None else bar_std))
     except ValueError as exc:
         raise ValidationError(f"per-row inputs do not match {action.shape[0]} actions: {exc}") from None
     equity, drawdown, daily_loss, exposure = float(equity), float(drawdown), float(daily_loss), float(exposure)
     s = settings
     direction = action.astype(np.float64)
 
-    # 1-2. Edge and Kelly size, per row.
-    p_win = conf / 100.0
+    # 1-2. Edge and Kelly size, per row: p_win from the take-profit-first model.
     rr = risk_reward(px, stop, tp)
+    with np.errstate(invalid="ignore"):
+        loss_distance = np.abs(px - stop)
+        sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, ATR_TO_STD * loss_distance / s.stop_atr)
+        p_win = p_take_profit_first(np.abs(tp - px), loss_distance, sigma * _normal_ppf(conf / 100.0), sigma)
     k = kelly(p_win, rr)
     ev = expected_value(p_win, rr)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -28,7 +28,7 @@ import numpy as np
 from core.decision import RULE_FEATURES, SOURCES, Calibration, DecisionEngine, DecisionSettings
 from core.errors import SchemaError
 from core.portfolio import Portfolio
-from core.risk import RiskSettings, size, stops
+from core.risk import RiskSettings, bar_std, size, stops
 from core.schema import FeatureVector, Prediction, Signal, sig_id
 from core.signal_wire import SignalBatch, SignalEncoder  # SignalBatch: re-exported, decide_batch's type
 
@@ -102,6 +102,8 @@ class DecisionStage:
         if missing:
             raise SchemaError(f"the feature layout lacks {missing}, which the rules and stops read")
         self._atr = self.names.index("atr_14")
+        # Volatility estimates for sizing (`core.risk.bar_std`): ATR, and the realized std when the layout has it.
+        self._vol = [self.names.index(n) for n in ("ret_std_20",) if n in self.names]
         self._encoder = SignalEncoder(self.names)
         self._series_cache: dict[tuple[str, str, str], tuple] = {}  # per series, see _series_entry
 
@@ -130,11 +132,13 @@ class DecisionStage:
 
     def _evidence(self, predictions: Sequence[Mapping[str, Prediction]]) -> tuple:
         """Per vector, from its predictions: the forecast's P(up), mean and std at the first horizon
-        (NaN without one), the anomaly flag, the regime label (1, normal, when unknown), and the
+        (NaN without one), the anomaly flag, the regime label (1, normal, when unknown), the
         encoded ``model_versions`` and ``degraded`` fields of its signal (`SignalEncoder.version_tail`,
-        cached per combination of models, versions and degraded flags: a handful)."""
+        cached per combination of models, versions and degraded flags: a handful), and the anomaly
+        SCORE (NaN without one, and for a degraded answer: the fallback's scores are on another
+        scale than the model's, so they neither judge against nor move the series' quantile)."""
         nan = np.nan
-        ups, means, stds, flag, label, versions = [], [], [], [], [], []
+        ups, means, stds, flag, label, versions, score = [], [], [], [], [], [], []
         tails = self._encoder.versions
         empty = tails[()]
         for p in predictions:  # plain lists: assigning into NumPy rows one by one costs more
@@ -145,6 +149,7 @@ class DecisionStage:
                 flag.append(0.0)
                 label.append(1.0)
                 versions.append(empty)
+                score.append(nan)
                 continue
             key = ()
             for m, q in p.items():
@@ -165,6 +170,8 @@ class DecisionStage:
             q = p.get("anomaly")
             x = q.outputs.get("FLAG") if q is not None else None
             flag.append(x[0] if x else 0.0)
+            x = q.outputs.get("SCORE") if q is not None and not q.degraded else None
+            score.append(x[0] if x else nan)
             q = p.get("regime")
             x = q.outputs.get("LABEL") if q is not None else None
             label.append(x[0] if x else 1.0)
@@ -175,7 +182,7 @@ class DecisionStage:
         f64 = np.float64
         regime = np.nan_to_num(np.array(label, dtype=f64), nan=1.0).astype(np.int64)
         return (np.array(ups, f64), np.array(means, f64), np.array(stds, f64), np.array(flag, f64) > 0.5, regime,
-                versions)
+                versions, np.array(score, f64))
 
     def decide(self, vectors: Sequence[FeatureVector],
                predictions: Sequence[Mapping[str, Prediction]]) -> list[Signal]:
@@ -230,7 +237,7 @@ class DecisionStage:
         features = np.frombuffer(b"".join([v.values for v in vectors]), dtype="<f8").reshape(len(vectors), -1)
         price = np.array([v.close for v in vectors], dtype=np.float64)
         ts = np.array(starts, dtype=np.int64)
-        p_up, mean, std, anomaly, regime, versions = self._evidence(predictions)
+        p_up, mean, std, anomaly, regime, versions, anomaly_score = self._evidence(predictions)
         pf = self.portfolio
         ok_px = np.isfinite(price) & (price > 0)
         if ok_px.any():
@@ -245,11 +252,12 @@ class DecisionStage:
                 pf.apply_fills(ex.keys, ex.qty, ex.px, ex.ts_ns, "signal",
                                ids=[f"exit.{why}.{ids[i]}" for i, why in zip(sel[ex.index].tolist(), ex.reason)])
         d = self.engine.step(rows, features, price, p_up=p_up if np.isfinite(p_up).any() else None,
-                             anomaly=anomaly, regime=regime)
+                             anomaly=anomaly, regime=regime, anomaly_score=anomaly_score)
         stop, take = stops(d.action, price, features[:, self._atr], self.risk)
         z = size(d.action, d.confidence, price, stop, take, equity=pf.equity, drawdown=pf.drawdown,
                  daily_loss=pf.daily_loss, exposure=pf.gross_exposure,
-                 position_notional=pf.position_notional(books), settings=self.risk)
+                 position_notional=pf.position_notional(books), settings=self.risk,
+                 bar_std=bar_std(price, features[:, self._atr], std, *(features[:, j] for j in self._vol)))
         fraction, notional, qty = z.fraction * d.size_factor, z.notional * d.size_factor, z.qty * d.size_factor
         trade = np.flatnonzero(qty != 0)
         if trade.size:

@@ -7,9 +7,10 @@ import msgspec
 import numpy as np
 import pytest
 
+from core.config import load_config
 from core.decision import (BUY, HOLD, SELL, SOURCES, VETO_REASONS, Calibration, CalibrationProvenance,
                            DecisionEngine, DecisionSettings)
-from core.errors import ConfigError
+from core.errors import ConfigError, SchemaError
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
 from core.features.offline import compute
@@ -150,6 +151,143 @@ def test_replay_of_real_bars_resumes_identically_from_a_snapshot(eurusd):
     part2 = replay(second, values, close, 700, len(close), r)
     assert part1 + part2 == full
     np.testing.assert_array_equal(second.hit_rate, whole.hit_rate)
+
+
+def test_score_quantile_converges_to_each_series_own_quantile():
+    """Four series at once (one `observe_scores` call per bar), each with its own distribution:
+    the tracked quantile sits near the true 0.99 quantile, in each series' own units, and a bar's
+    score exceeds the quantile read before it 1 % of the time, ties at the top included."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    eng = DecisionEngine(NAMES)
+    rows = eng.grow(4)
+    x = np.stack([rng.uniform(0, 1, n),                    # spread over [0, 1]: an in-distribution market
+                  rng.uniform(0.97, 1.0, n),               # squeezed near 1, as GOOG daily's scores are
+                  rng.normal(0.5, 0.1, n),
+                  np.where(rng.uniform(0, 1, n) < 0.6, 1.0, rng.uniform(0.9, 1.0, n))], axis=1)  # 60 % tie at 1
+    q, above = np.empty((n, 4)), np.empty((n, 4), dtype=bool)
+    for t in range(n):
+        q[t] = eng.score_quantile(rows)
+        above[t] = x[t] > q[t]
+        eng.observe_scores(rows, x[t])
+    assert np.isnan(q[:100]).all() and np.isfinite(q[100:]).all()  # trusted from anomaly_min_scores on
+    true = np.array([0.99, 0.97 + 0.03 * 0.99, 0.5 + 0.1 * 2.3263])
+    sd = np.array([1 / 12 ** 0.5, 0.03 / 12 ** 0.5, 0.1])
+    # Measured 0.01-0.04 sd off over seeds 0-5; τ and 1 - τ swapped, the indicator reversed or a
+    # step not scaled to the spread miss by far more.
+    np.testing.assert_array_less(np.abs(q[2000:, :3].mean(axis=0) - true), 0.1 * sd)
+    np.testing.assert_array_less(q[2000:, :3].std(axis=0), 0.2 * sd)
+    share = above[2000:].mean(axis=0)
+    assert ((share > 0.008) & (share < 0.012)).all(), share
+    # A series whose scores never move has no score above its own quantile.
+    flat = DecisionEngine(NAMES, DecisionSettings(anomaly_min_scores=5))
+    r = flat.grow(1)
+    for _ in range(50):
+        flat.observe_scores(r, np.array([0.999]))
+    assert flat.score_quantile(r)[0] == 0.999 and not flat.anomalous(r, np.array([True]), np.array([0.999]))[0]
+    # NaN scores (none, or a degraded answer) leave a series' state alone.
+    before = flat.snapshot()
+    flat.observe_scores(r, np.array([np.nan]))
+    assert flat.snapshot() == before
+
+
+def test_anomaly_veto_is_relative_to_the_series_past():
+    """τ = 0.5 (running maximum of the first 2 scores), trusted after 3 scores; the flag alone
+    vetoes before that (``anomaly_warmup_veto``)."""
+    settings = DecisionSettings(anomaly_quantile=0.5, anomaly_min_scores=3, anomaly_warmup_veto=True)
+    eng = DecisionEngine(NAMES, settings)
+    r = eng.grow(1)
+    buy = np.array([row()])  # a BUY view (S = 0.25)
+
+    def step(flag, score):
+        return eng.step(r, buy, np.array([100.0]), anomaly=np.array([flag]), anomaly_score=np.array([score]))
+
+    # Warm-up: the model's flag alone vetoes; the scores are kept.
+    assert VETO_REASONS[step(True, 0.90).veto[0]] == "anomaly"
+    assert step(False, 0.95).action[0] == BUY
+    assert VETO_REASONS[step(True, 0.20).veto[0]] == "anomaly"
+    # 0.90, then 0.95: q = their maximum, mean 0.925, spread |0.95 - 0.9| / 2 = 0.025. Then 0.20
+    # (memory 2): spread 0.025 + (|0.2 - 0.925| - 0.025) / 2 = 0.375, q ← 0.95 + 0.1 · 0.375 · (0.5 − 1).
+    assert eng.score_quantile(r)[0] == pytest.approx(0.95 - 0.1 * 0.375 * 0.5)
+    q = eng.score_quantile(r)[0]
+    assert step(True, q - 0.01).action[0] == BUY  # flagged, but not unusual for this series
+    q = eng.score_quantile(r)[0]
+    assert step(False, q + 0.3).action[0] == BUY  # unusual, but the model does not flag it
+    q = eng.score_quantile(r)[0]
+    d = step(True, q + 0.01)  # flagged and above q as it was before this bar: vetoed
+    assert d.action[0] == HOLD and VETO_REASONS[d.veto[0]] == "anomaly"
+    assert eng.score_quantile(r)[0] > q  # and only then joins the series' scores
+    assert VETO_REASONS[step(True, np.nan).veto[0]] == "anomaly"  # no score: the flag decides
+    # Without the warm-up veto (the default) a fresh series is not vetoed until its quantile is trusted.
+    calm = DecisionEngine(NAMES, msgspec.structs.replace(settings, anomaly_warmup_veto=False))
+    rc = calm.grow(1)
+    got = [calm.step(rc, buy, np.array([100.0]), anomaly=np.array([True]), anomaly_score=np.array([s])).action[0]
+           for s in (0.9, 0.95, 0.2, 0.99)]
+    assert got == [BUY, BUY, BUY, HOLD]
+    # Rows are independent: one series' scores never move another's quantile.
+    two, one = DecisionEngine(NAMES, settings), DecisionEngine(NAMES, settings)
+    rr, r1 = two.grow(2), one.grow(1)
+    for s in (0.9, 0.95, 0.2, 0.5):
+        two.observe_scores(rr, np.array([s, 0.5 if s == 0.5 else np.nan]))
+        one.observe_scores(r1, np.array([s]))
+    assert np.isnan(two.score_quantile(rr)[1])  # one score only
+    assert two.score_quantile(rr[:1])[0] == one.score_quantile(r1)[0]
+
+
+def test_anomaly_settings_are_validated(tmp_path):
+    path = tmp_path / "tm.toml"
+    for text, where in (("anomaly_quantile = 1.0", "anomaly_quantile"), ("anomaly_min_scores = 0", "anomaly_min_scores"),
+                        ("anomaly_step = 0", "anomaly_step")):
+        path.write_text(f"[decision]\n{text}\n")
+        with pytest.raises(ConfigError, match=rf"\$\.decision\.{where}"):
+            load_config(path, env={})
+    path.write_text("[decision]\nanomaly_quantile = 0.995\nanomaly_warmup_veto = false\n")
+    cfg = load_config(path, env={})
+    assert cfg.decision.anomaly_quantile == 0.995 and not cfg.decision.anomaly_warmup_veto
+    with pytest.raises(ConfigError, match="anomaly_quantile"):  # built in code, not read from a file
+        DecisionEngine(NAMES, DecisionSettings(anomaly_quantile=1.5))
+
+
+def scored_replay(engine: DecisionEngine, values, close, scores, start: int, stop: int, row: np.ndarray):
+    out = []
+    for t in range(start, stop):
+        d = engine.step(row, values[t:t + 1], close[t:t + 1], anomaly=scores[t:t + 1] > 0.9,
+                        anomaly_score=scores[t:t + 1])
+        out.append((int(d.action[0]), int(d.veto[0]), bool(abs(np.nan_to_num(d.score[0])) >= engine.settings.threshold)))
+    return out
+
+
+def test_a_snapshot_carries_the_anomaly_quantiles_and_an_older_one_still_loads(eurusd):
+    names, values, close = eurusd
+    scores = np.random.default_rng(3).beta(5, 2, len(close))  # flagged above 0.9: about 9 %
+    whole = DecisionEngine(names)
+    r = whole.grow(1)
+    full = scored_replay(whole, values, close, scores, 0, len(close), r)
+    vetoed = sum(v == VETO_REASONS.index("anomaly") for _, v, _ in full)
+    assert 0 < vetoed < 0.05 * len(full)  # the relative rule, not every flag
+    first = DecisionEngine(names)
+    first.grow(1)
+    part1 = scored_replay(first, values, close, scores, 0, 700, r)
+    second = DecisionEngine(names)
+    second.restore(first.snapshot())
+    assert scored_replay(second, values, close, scores, 700, len(close), r) == full[700:] and part1 == full[:700]
+    np.testing.assert_array_equal(second.score_quantile(r), whole.score_quantile(r))
+    # A version-1 snapshot (hit rates, votes, prices: before the anomaly state) loads; the
+    # quantiles start fresh, so nothing is vetoed for the next anomaly_min_scores scores (or, with
+    # anomaly_warmup_veto, every flagged view).
+    v1 = msgspec.msgpack.encode([first.hit_rate.tobytes(), first._prev_votes.tobytes(), first._prev_price.tobytes()])
+    anomaly = VETO_REASONS.index("anomaly")
+    for warmup_veto in (False, True):
+        old = DecisionEngine(names, DecisionSettings(anomaly_warmup_veto=warmup_veto))
+        old.restore(v1)
+        np.testing.assert_array_equal(old.hit_rate, first.hit_rate)
+        assert np.isnan(old.score_quantile(r)).all() and old.snapshot() != first.snapshot()
+        resumed = scored_replay(old, values, close, scores, 700, len(close), r)
+        flagged_views = [i for i in range(100) if scores[700 + i] > 0.9 and resumed[i][2]]
+        assert flagged_views and all((resumed[i][1] == anomaly) == warmup_veto for i in flagged_views)
+        assert any(v == anomaly for _, v, _ in resumed[100:])  # judged against its own scores from then on
+    with pytest.raises(SchemaError, match="unknown version"):
+        old.restore(msgspec.msgpack.encode([9, b"", b"", b"", []]))
 
 
 def test_many_rows_at_once_vote_as_each_alone(eurusd):

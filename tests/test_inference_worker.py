@@ -17,7 +17,7 @@ from core.config import Config, InferenceConfig, StreamsConfig
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
 from core.features.offline import compute
-from core.inference_worker import InferenceWorker
+from core.inference_worker import InferenceWorker, _State
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import FALLBACKS
 from core.natsserver import free_port
@@ -240,6 +240,33 @@ async def test_bar_closes_are_decided_together_across_a_restart(nc, market):
     assert all(CODEC.encode(got[k]) == CODEC.encode(grouped[k]) for k in grouped)
     one_by_one = replay_signals(market, windows, grouped=False)
     assert any(CODEC.encode(one_by_one[k]) != CODEC.encode(grouped[k]) for k in grouped)
+
+
+async def test_the_anomaly_quantiles_survive_a_restart_and_an_older_snapshot_still_restores(nc, vectors):
+    """The worker's snapshot carries each series' anomaly quantile; one whose decision state
+    predates the quantiles (decision engine snapshot version 1) restores with them started afresh,
+    instead of being refused (which would replay the stream from its start)."""
+    stage = DecisionStage(vectors[0].names)
+    replay_signals(vectors, expected_windows(vectors), stage)
+    rows = np.arange(stage.engine.rows)
+    for x in np.random.default_rng(0).uniform(0, 1, (150, len(rows))):
+        stage.engine.observe_scores(rows, x)
+    first = InferenceWorker(nc.jetstream(), Config(), "127.0.0.1:1")
+    first.reset_state()
+    first.decisions = stage
+    state = msgspec.msgpack.decode(first.state_bytes(), type=_State)
+    second = InferenceWorker(nc.jetstream(), Config(), "127.0.0.1:1")
+    second.restore_state(msgspec.msgpack.encode(state))
+    np.testing.assert_array_equal(second.decisions.engine.score_quantile(rows), stage.engine.score_quantile(rows))
+    assert np.isfinite(stage.engine.score_quantile(rows)).all() and second.decisions.snapshot() == stage.snapshot()
+    engine, book, keys = msgspec.msgpack.decode(state.decision)
+    _, hit, votes, price, _ = msgspec.msgpack.decode(engine)
+    state.decision = msgspec.msgpack.encode([msgspec.msgpack.encode([hit, votes, price]), book, keys])
+    old = InferenceWorker(nc.jetstream(), Config(), "127.0.0.1:1")
+    old.restore_state(msgspec.msgpack.encode(state))
+    np.testing.assert_array_equal(old.decisions.engine.hit_rate, stage.engine.hit_rate)
+    assert np.isnan(old.decisions.engine.score_quantile(rows)).all()
+    assert old.decisions.portfolio.snapshot() == stage.portfolio.snapshot()
 
 
 async def test_bad_input_is_dead_lettered_and_the_worker_goes_on(nc, vectors):

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import msgspec
 import numpy as np
 import pytest
 
 from core.errors import ValidationError
-from core.risk import (VETO_NAMES, RiskSettings, Veto, drawdown_factor, expected_value, kelly, risk_reward,
-                       size, stops)
+from core.risk import (ATR_TO_STD, VETO_NAMES, RiskSettings, Veto, _normal_ppf, bar_std, drawdown_factor,
+                       expected_value, kelly, p_take_profit_first, risk_reward, size, stops)
 
 EQUITY = 100_000.0
 S = RiskSettings()
 
 
 def one(action, confidence, price, atr, *, settings=S, equity=EQUITY, drawdown=0.0, daily_loss=0.0,
-        exposure=0.0, position=0.0):
+        exposure=0.0, position=0.0, sigma=None):
     """Sizes a single row with stops from ATR; returns a dict of Python scalars."""
     action = np.array([action], np.int8)
     stop, tp = stops(action, np.array([price]), np.array([atr]), settings)
-    z = size(action, [confidence], [price], stop, tp, equity, drawdown, daily_loss, exposure, [position], settings)
+    z = size(action, [confidence], [price], stop, tp, equity, drawdown, daily_loss, exposure, [position], settings,
+             bar_std=None if sigma is None else [sigma])
     return {name: getattr(z, name)[0].item() for name in z._fields}
+
+
+def p_win_by_hand(p: float, reward: float, risk: float, sigma: float) -> float:
+    """The take-profit-first probability straight from its closed form, in plain floats: drift
+    ``sigma * Phi^-1(p)`` (stdlib quantile), ``nu = 2 drift / sigma^2``."""
+    nu = 2.0 * statistics.NormalDist().inv_cdf(p) / sigma
+    if nu == 0.0:
+        return risk / (reward + risk)
+    return (1.0 - math.exp(nu * risk)) / (math.exp(-nu * reward) - math.exp(nu * risk))
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -86,26 +99,185 @@ def test_drawdown_factor():
     assert drawdown_factor(0.19, step) == 1.0 and drawdown_factor(0.2, step) == 0.0
 
 
+# --- the take-profit-first model --------------------------------------------------------------
+def test_normal_ppf_matches_the_standard_library():
+    p = np.concatenate([[1e-300, 1e-20, 1e-9, 0.001, 0.0249, 0.0251, 0.075, 0.074, 0.3, 0.47, 0.5, 0.52,
+                         0.925, 0.926, 0.9999, 1 - 1e-12], np.linspace(0.0005, 0.9995, 1999)])
+    ref = np.array([statistics.NormalDist().inv_cdf(x) for x in p])
+    np.testing.assert_allclose(_normal_ppf(p), ref, rtol=1e-14, atol=1e-15)
+    assert _normal_ppf(0.5) == 0.0  # exactly: no drift at p = 0.5
+    np.testing.assert_array_equal(_normal_ppf([0.0, 1.0]), [-np.inf, np.inf])
+    assert np.isnan(_normal_ppf([-0.1, 1.1, np.nan])).all()
+
+
+def test_p_take_profit_first_without_drift_is_risk_over_span():
+    # X a martingale: P * reward = (1 - P) * risk, so P = risk / (reward + risk), for any vol.
+    np.testing.assert_allclose(p_take_profit_first([3.0, 1.0, 3.0, 10.0], [2.0, 1.0, 1.0, 0.5], 0.0,
+                                                   [0.6, 1.0, 5.0, 0.01]),
+                               [0.4, 0.5, 0.25, 0.5 / 10.5], rtol=1e-15)
+    assert p_take_profit_first(3.0, 2.0, 0.0, 0.6) == 0.4  # exactly, so Kelly at b = 1.5 is ~0
+    # Continuous through 0 from both sides: no 0/0, no cancellation for tiny drifts.
+    for drift in (1e-300, -1e-300, 1e-12, -1e-12, 1e-7, -1e-7):
+        # First order: 0.4 * (1 + nu * 3 / 2), nu = 2 drift / 0.36.
+        expected = 0.4 * (1 + 3.0 * drift / 0.36)
+        assert p_take_profit_first(3.0, 2.0, drift, 0.6) == pytest.approx(expected, rel=1e-13, abs=0)
+
+
+def test_p_take_profit_first_against_mpmath():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+
+    def exact(a, c, mu, sigma):  # the closed form as written, at 50 digits
+        nu = 2 * mpmath.mpf(mu) / mpmath.mpf(sigma) ** 2
+        return float((1 - mpmath.exp(nu * c)) / (mpmath.exp(-nu * a) - mpmath.exp(nu * c)))
+
+    cases = [(3.0, 2.0, 0.2, 1.0), (3.0, 2.0, -0.2, 1.0), (3.0, 2.0, 0.05, 0.6267), (1.0, 4.0, 0.7, 0.5),
+             (4.0, 1.0, -0.7, 0.5), (3.0, 2.0, 1e-6, 1.0), (3.0, 2.0, -1e-6, 1.0), (0.03, 0.02, 1e-4, 0.005),
+             # |nu (a + c)| of about 80, 400 and 4000: exp overflows or loses everything in the raw form.
+             (3.0, 2.0, 8.0, 1.0), (3.0, 2.0, -8.0, 1.0), (30.0, 20.0, 4.0, 1.0), (30.0, 20.0, -4.0, 1.0),
+             (300.0, 200.0, -4.0, 1.0)]
+    a, c, mu, sigma = (np.array(x) for x in zip(*cases))
+    got = p_take_profit_first(a, c, mu, sigma)
+    want = np.array([exact(*x) for x in cases])
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-300)
+    assert got[0] == pytest.approx(0.636861, abs=1e-6)  # expm1(-0.8) / expm1(-2.0) = -0.550671 / -0.864665
+
+
+def test_p_take_profit_first_against_monte_carlo():
+    # Brownian motion with drift, stepped at dt = 0.02, with the Brownian-bridge probability of a
+    # level crossed between two steps, so the exit is exact in distribution. 20_000 paths: a standard
+    # error of 0.0035; a factor 2 missing from nu (0.52 instead of 0.64) or a flipped sign fails.
+    rng = np.random.default_rng(7)
+    a, c, sigma, dt = 3.0, 2.0, 1.0, 0.02
+    for mu in (0.2, -0.15):
+        x = np.zeros(20_000)
+        top = np.zeros(x.size, bool)
+        alive = np.ones(x.size, bool)
+        while alive.any():
+            i = np.flatnonzero(alive)
+            y = x[i] + mu * dt + sigma * np.sqrt(dt) * rng.standard_normal(i.size)
+            u = rng.random(i.size)
+            v = sigma * sigma * dt
+            hit_top = (y >= a) | (u < np.exp(-2 * np.maximum(a - x[i], 0) * np.maximum(a - y, 0) / v))
+            hit_bottom = ~hit_top & ((y <= -c) | (rng.random(i.size) < np.exp(-2 * np.maximum(x[i] + c, 0)
+                                                                                * np.maximum(y + c, 0) / v)))
+            top[i[hit_top]] = True
+            alive[i[hit_top | hit_bottom]] = False
+            x[i] = y
+        p = float(p_take_profit_first(a, c, mu, sigma))
+        assert top.mean() == pytest.approx(p, abs=0.012), mu
+    # The driftless value, as a sanity anchor of the simulation itself.
+    assert p_take_profit_first(a, c, 0.0, sigma) == 0.4
+
+
+def test_p_take_profit_first_vectorized_equals_scalar():
+    rng = np.random.default_rng(11)
+    n = 2_000
+    a, c = rng.uniform(0.01, 10, n), rng.uniform(0.01, 10, n)
+    sigma = rng.uniform(0.05, 5, n)
+    mu = rng.normal(0, 1, n) * sigma * rng.choice([1e-9, 0.01, 0.3, 1.0], n)
+    mu[:20] = 0.0
+    got = p_take_profit_first(a, c, mu, sigma)
+
+    def scalar(a, c, mu, sigma):  # the textbook form, used where it does not overflow
+        nu = 2 * mu / sigma ** 2
+        if abs(nu * (a + c)) < 1e-6:
+            return c / (a + c) * (1 + nu * a / 2)
+        return (1 - math.exp(nu * c)) / (math.exp(-nu * a) - math.exp(nu * c))
+
+    want = np.array([scalar(*x) for x in zip(a, c, mu, sigma)])
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # Any shape: one row at a time gives the same.
+    np.testing.assert_array_equal([p_take_profit_first(*x) for x in zip(a[:50], c[:50], mu[:50], sigma[:50])],
+                                  got[:50])
+
+
+def test_p_take_profit_first_limits_and_bad_inputs():
+    assert p_take_profit_first(3.0, 2.0, np.inf, 1.0) == 1.0 and p_take_profit_first(3.0, 2.0, -np.inf, 1.0) == 0.0
+    assert p_take_profit_first(3.0, 2.0, 1e6, 1.0) == 1.0 and p_take_profit_first(3.0, 2.0, -1e6, 1.0) == 0.0
+    assert p_take_profit_first(0.0, 2.0, -np.inf, 1.0) == 1.0  # at the target already
+    assert p_take_profit_first(3.0, 2.0, 0.3, 1.0) > 0.4 > p_take_profit_first(3.0, 2.0, -0.3, 1.0)
+    bad = p_take_profit_first([np.nan, 3.0, 3.0, 3.0, -1.0, 3.0, np.inf], [2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0],
+                              [0.1, 0.1, 0.1, np.nan, 0.1, 0.1, 0.1], [1.0, 1.0, 0.0, 1.0, 1.0, np.inf, 1.0])
+    assert np.isnan(bad).all()
+
+
+def test_kelly_is_zero_without_edge_for_any_levels_and_sigma():
+    # Confidence 50 %: no drift, p_win = c / (a + c) = 1 / (1 + b), Kelly 0 -> no position, BUY or SELL,
+    # whatever the ATR multiples and sigma. Below 50 %, Kelly is negative.
+    for stop_atr, take_atr in ((2.0, 3.0), (1.0, 1.5), (2.0, 5.0), (1.5, 4.5)):
+        s = RiskSettings(stop_atr=stop_atr, take_profit_atr=take_atr)
+        for action in (1, -1):
+            for sigma in (None, 0.3, 2.0):
+                z = one(action, 50.0, 100.1, 0.7, settings=s, sigma=sigma)
+                assert abs(z["kelly"]) < 1e-12 and abs(z["expected_value"]) < 1e-12
+                assert z["veto"] == Veto.NON_POSITIVE_KELLY and z["notional"] == 0.0
+                z = one(action, 49.0, 100.1, 0.7, settings=s, sigma=sigma)
+                assert z["kelly"] < 0 and z["veto"] == Veto.NON_POSITIVE_KELLY
+    # The old rule (p_win = confidence) sized a calibrated 47 % signal at b = 1.5: Kelly 0.47 - 0.53/1.5 = 0.117.
+    assert kelly(0.47, 1.5) > 0
+    assert one(1, 47.0, 100.0, 1.0)["kelly"] == pytest.approx(kelly(0.265421073231, 1.5))
+
+
+def test_size_p_win_matches_the_closed_form():
+    # size() reads p_win from the model: Kelly and EV agree with the closed form by hand, BUY and SELL.
+    for action in (1, -1):
+        for conf in (45.0, 55.0, 70.0, 90.0):
+            for sigma in (None, 0.4, 1.7):
+                pw = p_win_by_hand(conf / 100, 3.0, 2.0, ATR_TO_STD if sigma is None else sigma)
+                z = one(action, conf, 100.0, 1.0, sigma=sigma)
+                assert z["kelly"] == pytest.approx(kelly(pw, 1.5), rel=1e-9, abs=1e-12)
+                assert z["expected_value"] == pytest.approx(expected_value(pw, 1.5), rel=1e-9, abs=1e-12)
+
+
+def test_bar_std_takes_the_largest_usable_estimate():
+    assert ATR_TO_STD == pytest.approx(math.sqrt(math.pi / 8))
+    price = np.array([100.0, 100.0, 100.0, 100.0, 100.0])
+    atr = np.array([1.0, np.nan, 1.0, 1.0, np.nan])
+    forecast = np.array([0.001, 0.02, np.nan, 0.0, np.nan])
+    realized = np.array([0.002, 0.001, 0.03, -1.0, np.nan])
+    # Row 0: max(0.6267, 0.1, 0.2); 1: ATR NaN -> max(2, 0.1); 2: forecast NaN -> 3; 3: 0 and < 0 left out.
+    np.testing.assert_allclose(bar_std(price, atr, forecast, realized)[:4], [ATR_TO_STD, 2.0, 3.0, ATR_TO_STD])
+    assert np.isnan(bar_std(price, atr, forecast, realized)[4])
+    np.testing.assert_allclose(bar_std(price, 2.0), np.full(5, 2 * ATR_TO_STD))
+    assert bar_std(100.0, 2.0) == pytest.approx(2 * ATR_TO_STD)
+
+
 # --- sizing by hand --------------------------------------------------------------------------
 def test_size_kelly_capped_by_position_fraction():
-    # BUY @100, ATR 1: stop 98, target 103, b = 1.5. p = 0.6: Kelly 0.3333, half 0.1667, capped at
-    # 0.10 (risk cap 0.02 / (2/100) = 1.0 does not bind) -> 10_000 notional, 100 units.
+    # BUY @100, ATR 1: stop 98, target 103, b = 1.5. sigma = sqrt(pi/8) * 1 = 0.626657 (no bar_std).
+    # p = 0.6: Phi^-1 = 0.253347, nu = 2 * 0.253347 / 0.626657 = 0.808567,
+    # p_win = (1 - e^(2 nu)) / (e^(-3 nu) - e^(2 nu)) = 0.815850; Kelly = 0.815850 - 0.184150/1.5 =
+    # 0.693083, half 0.346541, capped at 0.10 (risk cap 0.02 / (2/100) = 1.0 does not bind) ->
+    # 10_000 notional, 100 units. EV = 1.5 * 0.815850 - 0.184150 = 1.039624.
     z = one(1, 60.0, 100.0, 1.0)
     assert z["fraction"] == pytest.approx(0.10)
     assert z["notional"] == pytest.approx(10_000.0) and z["qty"] == pytest.approx(100.0)
-    assert z["kelly"] == pytest.approx(1 / 3) and z["risk_reward"] == pytest.approx(1.5)
-    assert z["expected_value"] == pytest.approx(0.5)
+    assert z["kelly"] == pytest.approx(0.693082575277) and z["risk_reward"] == pytest.approx(1.5)
+    assert z["expected_value"] == pytest.approx(1.039623862920)
     assert z["veto"] == Veto.NONE and not z["downsized"]
 
 
 def test_size_half_kelly_below_cap():
-    # p = 0.5, b = 1.5: Kelly = 0.5 - 0.5/1.5 = 0.5 - 0.3333 = 0.16667; half = 0.083333 < 0.10.
-    # Notional 8_333.33, qty 83.33 @100; EV = 0.75 - 0.5 = 0.25.
-    z = one(1, 50.0, 100.0, 1.0)
-    assert z["kelly"] == pytest.approx(1 / 6)
-    assert z["fraction"] == pytest.approx(1 / 12)
-    assert z["notional"] == pytest.approx(100_000 / 12) and z["qty"] == pytest.approx(1000 / 12)
-    assert z["expected_value"] == pytest.approx(0.25)
+    # p = 0.52: Phi^-1 = 0.0501536, nu = 0.160067, p_win = 0.497345; Kelly = 0.497345 - 0.502655/1.5
+    # = 0.162242; half = 0.081121 < 0.10. Notional 8_112.08, qty 81.12 @100; EV = 0.243362.
+    z = one(1, 52.0, 100.0, 1.0)
+    assert z["kelly"] == pytest.approx(0.162241516329)
+    assert z["fraction"] == pytest.approx(0.0811207581645)
+    assert z["notional"] == pytest.approx(8_112.07581645) and z["qty"] == pytest.approx(81.1207581645)
+    assert z["expected_value"] == pytest.approx(0.243362274493)
+
+
+def test_size_with_bar_std_from_a_forecast():
+    # The same BUY with sigma 1.0 (a forecast's 1-bar std of 1 % at 100) instead of ATR's 0.6267:
+    # nu = 2 * 0.253347 / 1 = 0.506694, p_win = (1 - e^(2 nu)) / (e^(-3 nu) - e^(2 nu)) = 0.691941,
+    # Kelly 0.691941 - 0.308059/1.5 = 0.486569: a wider sigma, a smaller edge per level.
+    z = one(1, 60.0, 100.0, 1.0, sigma=1.0)
+    assert z["kelly"] == pytest.approx(0.486569073658)
+    assert z["kelly"] == pytest.approx(kelly(p_win_by_hand(0.6, 3.0, 2.0, 1.0), 1.5))
+    # An unusable bar_std (NaN, 0, negative) falls back to ATR's sigma.
+    for bad in (np.nan, 0.0, -1.0):
+        assert one(1, 60.0, 100.0, 1.0, sigma=bad)["kelly"] == pytest.approx(0.693082575277)
 
 
 def test_size_capped_by_max_risk():
@@ -144,8 +316,9 @@ def test_every_veto():
     assert one(1, 60.0, 100.0, 1.0, settings=RiskSettings(min_confidence=70))["veto"] == Veto.LOW_CONFIDENCE
     # Target 2 ATR, stop 2 ATR: b = 1 < 1.5.
     assert one(1, 90.0, 100.0, 1.0, settings=RiskSettings(take_profit_atr=2.0))["veto"] == Veto.LOW_RISK_REWARD
-    # p = 0.4, b = 1.5: Kelly = 0.4 - 0.6/1.5 = 0 (no edge); p = 0.3: negative.
-    assert one(1, 40.0, 100.0, 1.0)["veto"] == Veto.NON_POSITIVE_KELLY
+    # p = 0.5: no drift, p_win = 2 / (3 + 2) = 0.4 and Kelly = 0.4 - 0.6/1.5 = 0 (no edge); below: negative.
+    assert one(1, 50.0, 100.0, 1.0)["veto"] == Veto.NON_POSITIVE_KELLY
+    assert one(1, 47.0, 100.0, 1.0)["veto"] == Veto.NON_POSITIVE_KELLY
     assert one(1, 30.0, 100.0, 1.0)["veto"] == Veto.NON_POSITIVE_KELLY
     # Drawdown of exactly 20%, as a portfolio computes it (1 - 0.8 = 0.19999999999999996).
     assert one(1, 60.0, 100.0, 1.0, drawdown=1 - 80_000 / 100_000)["veto"] == Veto.MAX_DRAWDOWN
@@ -202,8 +375,9 @@ def test_exposure_cap_partial_fill():
 
 
 def test_exposure_room_shared_by_expected_value():
-    # Four BUYs of 10_000 each (all capped at 0.10), 25_000 of room. EV per unit risked (b = 1.5):
-    # p .70 -> .75, .65 -> .625, .60 -> .50, .55 -> .375. Best first: 10_000, 10_000, 5_000, vetoed.
+    # Four BUYs of 10_000 each (all capped at 0.10), 25_000 of room. EV per unit risked (b = 1.5,
+    # EV = 2.5 p_win - 1): p .70 (p_win .9650) -> 1.413, .65 (.9165) -> 1.291, .60 (.8158) -> 1.040,
+    # .55 (.6374) -> 0.594. Best first: 10_000, 10_000, 5_000, vetoed.
     action = np.ones(4, np.int8)
     price = np.full(4, 100.0)
     stop, tp = stops(action, price, np.ones(4), S)
@@ -222,14 +396,20 @@ def test_bad_inputs_raise():
 
 
 # --- vectorized == row by row ----------------------------------------------------------------
-def sequential(action, conf, price, stop, tp, equity, drawdown, daily_loss, exposure, position, s):
+def sequential(action, conf, price, stop, tp, equity, drawdown, daily_loss, exposure, position, s, sigma=None):
     """Sizes one row per call, best expected value first, each call seeing the gross exposure
     that the orders before it added; returns arrays in the original row order."""
-    ev = expected_value(np.asarray(conf) / 100, risk_reward(price, stop, tp))
+    sigma = np.full(len(action), np.nan) if sigma is None else np.asarray(sigma, np.float64)
+
+    def row(i, exposure):
+        return size(action[i:i + 1], conf[i:i + 1], price[i:i + 1], stop[i:i + 1], tp[i:i + 1], equity,
+                    drawdown, daily_loss, exposure, position[i:i + 1], s, bar_std=sigma[i:i + 1])
+
+    # A row's expected value does not depend on the account: read it from a call of its own.
+    ev = np.array([row(i, 0.0).expected_value[0] for i in range(len(action))])
     out = {}
-    for i in np.argsort(-ev, kind="stable"):
-        z = size(action[i:i + 1], conf[i:i + 1], price[i:i + 1], stop[i:i + 1], tp[i:i + 1], equity,
-                 drawdown, daily_loss, exposure, position[i:i + 1], s)
+    for i in np.argsort(np.where(np.isnan(ev), np.inf, -ev), kind="stable"):
+        z = row(i, exposure)
         exposure += max(0.0, abs(position[i] + z.notional[0]) - abs(position[i]))
         out[i] = z
     return {name: np.array([getattr(out[i], name)[0] for i in range(len(action))]) for name in out[0]._fields}
@@ -252,7 +432,7 @@ def test_mixed_array_equals_row_by_row():
         (1, 90.0, 100.0, np.nan, 0.0),    # 3 NaN ATR -> invalid_input
         (1, 45.0, 100.0, 1.0, 0.0),       # 4 low_confidence (min 50)
         (1, 90.0, 100.0, 1.0, 0.0),       # 5 low_risk_reward (target replaced below)
-        (1, 50.0, 100.0, 12.0, 0.0),      # 6 p .5, b 1.5: Kelly 1/6, half 1/12 (risk cap 0.0833 equal)
+        (1, 52.0, 100.0, 12.0, 0.0),      # 6 p .52: Kelly .16224, half .08112 (risk cap .08333 larger)
         (1, 55.0, 100.0, 1.0, 10_000.0),  # 7 position_limit
         (1, 60.0, 100.0, 1.0, 8_000.0),   # 8 position room 2_000 (< 5_000)
         (-1, 70.0, 100.0, 1.0, 3_000.0),  # 9 SELL against a long: 3_000 free, the rest adds
@@ -270,17 +450,18 @@ def test_mixed_array_equals_row_by_row():
     expected = [Veto.NONE, Veto.NONE, Veto.HOLD, Veto.INVALID_INPUT, Veto.LOW_CONFIDENCE, Veto.LOW_RISK_REWARD,
                 Veto.EXPOSURE_LIMIT, Veto.POSITION_LIMIT, Veto.NONE, Veto.NONE, Veto.NONE, Veto.NONE, Veto.NONE]
     assert [VETO_NAMES[v] for v in z.veto] == [VETO_NAMES[v] for v in expected]
-    # Room 50_000 - 24_000 = 26_000, served by EV = 1.5p - (1 - p):
-    #   row 9 (p .70, EV .75): SELL 5_000 against a 3_000 long ends short 2_000, adds 0 -> 26_000 left
-    #   rows 0, 1 (.60, EV .50): 5_000 each -> 16_000; row 8 (.60, cut to 2_000) -> 14_000
-    #   row 11 (.58, EV .45): 5_000 -> 9_000; row 12 (.57, EV .425): 5_000 -> 4_000
-    #   row 10 (.56, EV .40): wants 5_000, gets the last 4_000 (downsized)
-    #   row 6 (.50, EV .25): wants 100_000/12 * 0.5 = 4_166.67, nothing left -> exposure_limit
+    # Room 50_000 - 24_000 = 26_000, served by EV = 1.5 p_win - (1 - p_win) (p_win from p, see
+    # test_size_kelly_capped_by_position_fraction; every row has sigma = sqrt(pi/8) ATR, so the same order as p):
+    #   row 9 (p .70, EV 1.41): SELL 5_000 against a 3_000 long ends short 2_000, adds 0 -> 26_000 left
+    #   rows 0, 1 (.60, EV 1.04): 5_000 each -> 16_000; row 8 (.60, cut to 2_000) -> 14_000
+    #   row 11 (.58, EV .886): 5_000 -> 9_000; row 12 (.57, EV .797): 5_000 -> 4_000
+    #   row 10 (.56, EV .699): wants 5_000, gets the last 4_000 (downsized)
+    #   row 6 (.52, EV .243): wants 100_000 * .08112 * 0.5 = 4_056, nothing left -> exposure_limit
     np.testing.assert_allclose(z.notional, [5_000.0, -5_000.0, 0, 0, 0, 0, 0, 0, 2_000.0, -5_000.0, 4_000.0,
                                             5_000.0, 5_000.0], atol=1e-9)
     np.testing.assert_array_equal(np.flatnonzero(z.downsized), [0, 1, 8, 9, 10, 11, 12])  # all halved by drawdown
-    # Before the exposure cap, row 6 was Kelly-sized at half of 1/12 (the risk cap 0.02/0.24 is equal).
-    assert z.kelly[6] == pytest.approx(1 / 6) and z.risk_reward[6] == pytest.approx(1.5)
+    # Before the exposure cap, row 6 was Kelly-sized (half of .16224, below the risk cap 0.02/0.24).
+    assert z.kelly[6] == pytest.approx(0.162241516329) and z.risk_reward[6] == pytest.approx(1.5)
 
 
 def test_random_rows_equal_row_by_row():
@@ -295,10 +476,13 @@ def test_random_rows_equal_row_by_row():
     position = np.where(rng.random(n) < 0.3, rng.uniform(-12_000, 12_000, n), 0.0)
     stop, tp = stops(action, price, atr, s)
     tp = np.where(rng.random(n) < 0.1, price + action * atr, tp)  # some low risk-reward
+    # Half the rows with a bar_std of their own (some unusable: NaN, 0), half from ATR.
+    sigma = np.where(rng.random(n) < 0.5, atr * rng.uniform(0.2, 2.0, n), np.nan)
+    sigma[rng.random(n) < 0.05] = 0.0
     for exposure in (0.0, 30_000.0, 49_999.0):
         args = (action, conf, price, stop, tp, EQUITY, 0.13, 0.0, exposure, position, s)
-        z = size(*args)
-        assert_same(z, sequential(*args))
+        z = size(*args, bar_std=sigma)
+        assert_same(z, sequential(*args, sigma=sigma))
         assert (z.fraction >= 0).all()
         after = np.abs(position + z.notional)
         assert np.all((after <= s.max_position_fraction * EQUITY * (1 + 1e-12)) | (after <= np.abs(position)))
