@@ -20,8 +20,9 @@ caller that has one row at a time), and each over in-process.
 --instance-kind gpu loads the model with KIND_GPU instances (CuPy inside the model, DLPack in and
 out); --instance-kind cpu,gpu runs both, one server after the other, in this process. The GPU
 instances run in --gpu-runtime-venv (a venv with CuPy; default --runtime-venv), the CPU ones in
---runtime-venv (default the project's model-runtime venv, built when it is missing). Before timing, one answer of each server is checked against the
-in-process forward pass (a server that returns wrong or empty outputs is not timed).
+--runtime-venv (default the project's model-runtime venv, built when it is missing). Before
+timing, one answer of each server is checked against the in-process forward pass (a server that
+returns wrong or empty outputs is not timed).
 
 Usage:
     .venv/bin/python bench/inference.py [--model forecast] [--seconds 3] [--batches 1,8,64,256]
@@ -133,13 +134,14 @@ async def through_client(url: str, model: str, x: np.ndarray, concurrencies, sec
 
 def forward_fn(model: str):
     """The model's own NumPy forward pass of its highest trained version (None: not wired)."""
+    if model != "forecast":
+        return None
+    from _runtime.nn import forecast_forward, prepare_forecast
+
     repo = PROJECT_ROOT / "triton_models" / model
     version = max(int(p.parent.name) for p in repo.glob("*/weights.npz"))
     with np.load(repo / str(version) / "weights.npz", allow_pickle=False) as z:
         weights = {k: z[k] for k in z.files}
-    if model != "forecast":
-        return None
-    from _runtime.nn import forecast_forward, prepare_forecast
 
     params = prepare_forecast(weights, np)
     return lambda batch: forecast_forward(params, batch, np)
