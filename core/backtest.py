@@ -21,8 +21,9 @@ series hold one vector each, so a replay of the live inputs gives the live signa
   position (``risk.max_position_fraction`` of equity) and at 100 %, and random signals (seeded,
   drawn as often as the strategy has BUY and SELL views before its vetoes).
 
-Confidence comes from the calibration ``--calibration FILE`` or ``[decision] calibration`` names
-(the strategy only; the baselines keep the uncalibrated mapping), else 50 + 50 |S|.
+Confidence comes from the calibration ``--calibration FILE`` or ``[decision] calibration`` names,
+or from the ``[decision] calibrations`` table whose pattern matches the replayed series (the
+strategy only; the baselines keep the uncalibrated mapping), else 50 + 50 |S|.
 ``--fit-calibration FILE [--holdout 0.5]`` fits one instead (`fit_calibration`): the replay's
 scored BUY/SELL signals (right when the next bar moved their way, as the hit rate counts them),
 the first 1 − holdout of them in time order fit |S| → hit rate; the file is written; a second
@@ -45,7 +46,7 @@ import msgspec
 import numpy as np
 
 from core.config import Config
-from core.decision import SOURCES, Calibration, CalibrationProvenance, DecisionEngine
+from core.decision import SOURCES, Calibration, CalibrationMap, CalibrationProvenance, DecisionEngine
 from core.errors import ConfigError, DataFileError, TickmeshError
 from core.models.data import MODEL_FEATURES, WINDOW_BARS
 from core.models.serving import summarize
@@ -511,6 +512,12 @@ def _cmd(args: argparse.Namespace, cfg: Config) -> int:
             fit.calibration.save(args.fit_calibration)
             print(_fit_text(fit, args.fit_calibration))
             return 0
+        if isinstance(calibration, CalibrationMap) and vectors:  # the table of the replayed series
+            v = vectors[0]
+            pattern = calibration.match(v.venue, v.symbol, v.tf)
+            calibration = calibration.resolve(v.venue, v.symbol, v.tf)
+            progress(f"{v.venue}/{v.symbol}/{v.tf}: " + (f"calibration of pattern {pattern!r}" if pattern else
+                     "the fallback calibration" if calibration is not None else "no calibration matches, uncalibrated"))
         if calibration is not None and calibration.provenance is not None:
             p = calibration.provenance
             progress(f"confidence calibrated on {p.signals:,} signals of {p.data} {p.tf}, "
@@ -536,7 +543,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random-signal baseline")
     cal = p.add_mutually_exclusive_group()
     cal.add_argument("--calibration", metavar="FILE",
-                     help="confidence calibration to run the strategy with (default: [decision] calibration)")
+                     help="confidence calibration to run the strategy with (default: the [decision] calibrations "
+                     "table matching the series, else [decision] calibration)")
     cal.add_argument("--fit-calibration", metavar="OUT", help="fit a confidence calibration on the replay, write "
                      "it to OUT (JSON) and print the held-out reliability table instead of the report")
     p.add_argument("--holdout", type=float, default=0.5,

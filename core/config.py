@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Mapping
 import msgspec
 
 from core.alerts import AlertSettings
-from core.decision import Calibration, DecisionSettings
+from core.decision import Calibration, CalibrationMap, DecisionSettings, calibration_patterns
 from core.errors import ConfigError
 from core.risk import RiskSettings
 from core.schema import TIMEFRAME_NS
@@ -213,15 +213,28 @@ class Config(_Section):
     def nats_store_dir(self) -> Path:
         return Path(self.data_dir).resolve() / "jetstream"
 
-    def load_calibration(self) -> Calibration | None:
-        """The confidence calibration ``decision.calibration`` names, read now (None when the
-        setting is empty). A relative path is taken from the working directory, as ``data_dir`` is.
+    def load_calibration(self) -> Calibration | CalibrationMap | None:
+        """The confidence calibration the ``[decision]`` settings name, read now: with
+        ``calibrations``, a `CalibrationMap` of their tables with ``calibration``'s as the
+        fallback; else ``calibration``'s table alone (None when both are empty). Relative paths are
+        taken from the working directory, as ``data_dir`` is.
 
         Raises:
-            ConfigError: the file is missing or not a calibration (the message names it).
+            ConfigError: a malformed or ambiguous pattern, or a file missing or not a calibration
+                (the message names the pattern and the file).
         """
-        path = self.decision.calibration
-        return Calibration.load(Path(path).resolve()) if path else None
+        d = self.decision
+        fallback = Calibration.load(Path(d.calibration).resolve()) if d.calibration else None
+        if not d.calibrations:
+            return fallback
+        calibration_patterns(d.calibrations)  # the patterns first: no file is read for a bad one
+        tables: dict[str, Calibration] = {}
+        for pattern, path in d.calibrations.items():
+            try:
+                tables[pattern] = Calibration.load(Path(path).resolve())
+            except ConfigError as exc:
+                raise ConfigError(f"[decision] calibrations {pattern!r}: {exc}") from None
+        return CalibrationMap(tables, fallback)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict:
@@ -268,6 +281,11 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     data = _merge(data, _env_overrides(os.environ if env is None else env))
     try:
         # Env values arrive as text: strict=False lets "8080" become an int.
-        return msgspec.convert(data, Config, strict=False)
+        cfg = msgspec.convert(data, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration{' in ' + str(path) if path else ''}: {exc}") from None
+    try:
+        calibration_patterns(cfg.decision.calibrations)  # the files are read by load_calibration
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration{' in ' + str(path) if path else ''}: [decision] {exc}") from None
+    return cfg

@@ -50,7 +50,10 @@ Confidence (0–100) is the probability that the action is right, read from a ca
 fitted the mapping is the uncalibrated 50 + 50 |S|, and the signal says so. ``tickmesh backtest
 --fit-calibration FILE`` fits one on the BUY/SELL signals of a replay (a BUY/SELL is right when
 the next bar's return has its sign) and saves it as JSON with its provenance; ``[decision]
-calibration`` names the file the live worker loads (`core.config.Config.load_calibration`).
+calibration`` names the file the live worker loads (`core.config.Config.load_calibration`), and
+``[decision] calibrations`` one file per series pattern (`CalibrationMap`: a table fitted on one
+market says nothing about another). Each row's table is resolved once, when its series is bound
+to it (`DecisionEngine.bind`); a step then maps each group of rows that shares a table at once.
 
 Weights (documented update rule, bounded, persisted): each source keeps, per series (symbol and
 timeframe), an exponentially weighted hit rate aᵢ (start 0.5) of its non-zero votes against the
@@ -67,7 +70,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Mapping, Sequence
+from typing import Annotated, Iterable, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -81,6 +84,8 @@ __all__ = [
     "DecisionSettings",
     "CalibrationProvenance",
     "Calibration",
+    "CalibrationMap",
+    "calibration_patterns",
     "Decisions",
     "DecisionEngine",
     "BUY",
@@ -122,6 +127,11 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         calibration: path of a fitted confidence calibration (`Calibration.save`, JSON); "" =
             uncalibrated. Relative to the working directory, as ``data_dir`` is. The engine never
             reads it: the entry point loads it once (`core.config.Config.load_calibration`).
+            With ``calibrations``, the table of the series that no pattern matches.
+        calibrations: series pattern ``venue/symbol/timeframe`` (each part a literal or ``*``) →
+            calibration file, so that each market gets its own table; the rule that picks a
+            series' table is `CalibrationMap`'s. Loaded, and the patterns checked, at the same
+            time as ``calibration``.
     """
 
     threshold: float = 0.15
@@ -145,6 +155,7 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         description="Before a series has anomaly_min_scores scores, the model's flag alone vetoes "
                     "(false: no anomaly veto until then).")] = False
     calibration: str = ""
+    calibrations: dict[str, str] = {}
 
 
 class CalibrationProvenance(msgspec.Struct, frozen=True, kw_only=True):
@@ -236,6 +247,82 @@ class Calibration(msgspec.Struct, frozen=True):
         return cal
 
 
+def calibration_patterns(patterns: Iterable[str]) -> list[tuple[tuple[str, str, str], str]]:
+    """Parses and checks series patterns ``venue/symbol/timeframe`` (each part a literal, matched
+    exactly, case included, or ``*``, any): (venue, symbol, timeframe) parts and the pattern, most
+    specific first (the rule is `CalibrationMap`'s).
+
+    Raises:
+        ConfigError: a pattern without three non-empty parts, or with a part that mixes ``*``
+            with other text or holds whitespace; two equally specific patterns that overlap (the
+            message names them).
+    """
+    parsed: list[tuple[tuple[str, str, str], str]] = []
+    for name in patterns:
+        parts = name.split("/")
+        if len(parts) != 3 or any(not p or (p != "*" and "*" in p) or p != "".join(p.split()) for p in parts):
+            raise ConfigError(f"calibration pattern {name!r} is not venue/symbol/timeframe with each part a "
+                              f"name or '*' (e.g. 'binance/BTC-USDT/1m', '*/*/1h')")
+        a = (parts[0], parts[1], parts[2])
+        for b, other in parsed:
+            if _literals(a) == _literals(b) and all(x == y or "*" in (x, y) for x, y in zip(a, b)):
+                both = "/".join(y if x == "*" else x for x, y in zip(a, b))
+                raise ConfigError(f"calibration patterns {other!r} and {name!r} are equally specific and both "
+                                  f"match {both!r}: make one of them more specific")
+        parsed.append((a, name))
+    # Most literal parts first; the overlap check makes the order among equals irrelevant.
+    return sorted(parsed, key=lambda x: -_literals(x[0]))
+
+
+class CalibrationMap:
+    """Confidence tables per series pattern, and the table of the series none matches.
+
+    A series takes the table of the most specific pattern that matches it: the one with the most
+    literal (non-``*``) parts. Two patterns equally specific that could match the same series
+    (e.g. ``binance/*/1m`` and ``*/BTC-USDT/1m``) are refused here rather than ordered, so that
+    the choice never depends on the order of a TOML table or of environment overrides. A series
+    no pattern matches takes ``fallback``; with no fallback it is uncalibrated.
+
+    Args:
+        tables: pattern (`calibration_patterns`) → its table.
+        fallback: the table of every other series (None: uncalibrated).
+
+    Raises:
+        ConfigError: a malformed pattern, or two equally specific patterns that overlap
+            (`calibration_patterns`).
+    """
+
+    def __init__(self, tables: Mapping[str, Calibration] | None = None, fallback: Calibration | None = None) -> None:
+        tables = dict(tables or {})
+        self._patterns = [(parts, name, tables[name]) for parts, name in calibration_patterns(tables)]
+        self.fallback = fallback
+
+    @property
+    def tables(self) -> dict[str, Calibration]:
+        """Pattern → table, most specific first."""
+        return {name: cal for _, name, cal in self._patterns}
+
+    def match(self, venue: str, symbol: str, tf: str) -> str | None:
+        """The pattern that decides the series' table; None when none matches (the fallback's)."""
+        key = (venue, symbol, tf)
+        for parts, name, _ in self._patterns:
+            if all(p == "*" or p == k for p, k in zip(parts, key)):
+                return name
+        return None
+
+    def resolve(self, venue: str, symbol: str, tf: str) -> Calibration | None:
+        """The table of a series (None: uncalibrated)."""
+        name = self.match(venue, symbol, tf)
+        return self.fallback if name is None else self.tables[name]
+
+    def __repr__(self) -> str:
+        return f"CalibrationMap(patterns={list(self.tables)}, fallback={self.fallback is not None})"
+
+
+def _literals(parts: tuple[str, str, str]) -> int:
+    return sum(p != "*" for p in parts)
+
+
 class Decisions(msgspec.Struct, kw_only=True):
     """One step's result, one entry per row.
 
@@ -247,7 +334,9 @@ class Decisions(msgspec.Struct, kw_only=True):
         contributions: (n, len(SOURCES)) wᵢ sᵢ / Σ wᵢ.
         veto: int8 per row, an index into `VETO_REASONS`: why the action is HOLD (0: no veto).
         size_factor: regime's size multiplier.
-        calibrated: whether confidence came from a fitted table.
+        calibrated: whether every row's confidence came from a fitted table.
+        calibrated_rows: bool per row, whether its confidence came from a fitted table (its
+            series' table, `DecisionEngine.bind`).
     """
 
     action: np.ndarray
@@ -258,6 +347,7 @@ class Decisions(msgspec.Struct, kw_only=True):
     veto: np.ndarray
     size_factor: np.ndarray
     calibrated: bool
+    calibrated_rows: np.ndarray | None = None
 
 
 def _col(features: np.ndarray, index: Mapping[str, int], name: str) -> np.ndarray:
@@ -271,17 +361,24 @@ class DecisionEngine:
     Args:
         names: the feature layout of the ``features`` arrays (`core.features.featureset.FeatureSet.names`).
         settings: thresholds, learning rate, bounds.
-        calibration: a fitted `Calibration` (None: the uncalibrated mapping).
+        calibration: a fitted `Calibration` for every series, or a `CalibrationMap` whose table for
+            each series `bind` resolves (None: the uncalibrated mapping).
     """
 
     def __init__(self, names: Sequence[str], settings: DecisionSettings | None = None,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | CalibrationMap | None = None) -> None:
         self.settings = settings or DecisionSettings()
         unknown = sorted(set(self.settings.base_weights) - set(SOURCES))
         if unknown:
             raise ConfigError(f"base_weights for unknown sources {unknown}; sources: {list(SOURCES)}")
         self.index = {n: i for i, n in enumerate(names)}
         self.calibration = calibration
+        self._calibrations = (calibration if isinstance(calibration, CalibrationMap)
+                              else CalibrationMap(fallback=calibration))
+        # The distinct tables rows use, and per row the index of its table there (-1: uncalibrated).
+        self._tables: list[Calibration] = []
+        self._fallback = self._table_index(self._calibrations.fallback)
+        self._row_table = np.full(0, -1, dtype=np.int64)
         self.base = np.array([self.settings.base_weights.get(s, 1.0) for s in SOURCES])
         # Per row (a symbol's series): the last bar's votes and price, scored when its next bar
         # arrives. Rows are allocated by `grow`, as the feature engine's are.
@@ -313,7 +410,49 @@ class DecisionEngine:
         self._score_mean = np.concatenate([self._score_mean, np.zeros(n)])
         self._score_spread = np.concatenate([self._score_spread, np.zeros(n)])
         self._score_q = np.concatenate([self._score_q, np.full(n, np.nan)])
+        self._row_table = np.concatenate([self._row_table, np.full(n, self._fallback, dtype=np.int64)])
         return np.arange(start, start + n)
+
+    def _table_index(self, cal: Calibration | None) -> int:
+        if cal is None:
+            return -1
+        for i, t in enumerate(self._tables):
+            if t is cal:
+                return i
+        self._tables.append(cal)
+        return len(self._tables) - 1
+
+    def bind(self, rows: np.ndarray, series: Sequence[tuple[str, str, str]]) -> None:
+        """Gives each row the confidence table of its series, resolved now, once per series: a row
+        not bound keeps the fallback table (the single `Calibration`, or the map's fallback).
+
+        Args:
+            rows: row indices from `grow`.
+            series: per row, its (venue, symbol, timeframe).
+        """
+        resolve = self._calibrations.resolve
+        for r, (venue, symbol, tf) in zip(np.asarray(rows, dtype=np.int64).tolist(), series):
+            self._row_table[r] = self._table_index(resolve(venue, symbol, tf))
+
+    def table(self, row: int) -> Calibration | None:
+        """The confidence table of a row (None: uncalibrated)."""
+        i = int(self._row_table[row])
+        return self._tables[i] if i >= 0 else None
+
+    def confidence(self, rows: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence 0..100, calibrated) per row: |S| through each row's table, one call per
+        table for the rows that share it; 50 + 50 |S| for an uncalibrated row."""
+        ix = self._row_table[rows]
+        calibrated = ix >= 0
+        first = int(ix[0]) if ix.size else -1
+        if ix.size and (ix == first).all():  # one table (or none) for the whole close: the usual case
+            p = self._tables[first](strength) if first >= 0 else 0.5 + 0.5 * strength
+        else:
+            p = 0.5 + 0.5 * strength
+            for t in np.unique(ix[calibrated]).tolist():
+                sel = ix == t
+                p[sel] = self._tables[t](strength[sel])
+        return p * 100.0, calibrated
 
     def __repr__(self) -> str:
         mean = self.weights(np.arange(self.rows)).mean(axis=0) if self.rows else self.base
@@ -438,7 +577,7 @@ class DecisionEngine:
         if anomaly_score is not None:
             self.observe_scores(rows, anomaly_score)  # after the veto: a bar is judged by the past only
         strength = np.abs(np.nan_to_num(score))
-        conf = (self.calibration(strength) if self.calibration else 0.5 + 0.5 * strength) * 100.0
+        conf, calibrated = self.confidence(rows, strength)
         size = np.ones(len(price))
         if regime is not None:
             factors = np.array([self.settings.regime_size.get(r, 1.0) for r in _REGIMES])
@@ -446,7 +585,9 @@ class DecisionEngine:
         self._prev_votes[rows] = v
         self._prev_price[rows] = price
         return Decisions(action=action, score=score, confidence=conf, votes=v, contributions=np.nan_to_num(contrib),
-                         veto=veto, size_factor=size, calibrated=self.calibration is not None)
+                         veto=veto, size_factor=size,
+                         calibrated=bool(calibrated.all()) if calibrated.size else self._fallback >= 0,
+                         calibrated_rows=calibrated)
 
     def learn(self, rows: np.ndarray, votes: np.ndarray, realized: np.ndarray) -> None:
         """Scores one vote per row: votes (len(rows), sources) against the log return that
@@ -502,3 +643,5 @@ class DecisionEngine:
                 np.frombuffer(b, dtype=np.float64).copy() for b in (mean, spread, q))
             if not all(len(a) == rows for a in (self._score_n, self._score_mean, self._score_spread, self._score_q)):
                 raise SchemaError("decision engine snapshot: anomaly state of another row count")
+        # Tables are configuration, not state: every row takes the fallback until `bind` resolves its series.
+        self._row_table = np.full(rows, self._fallback, dtype=np.int64)

@@ -272,11 +272,16 @@ class SignalEncoder:
         starts = np.arange(0, n * width, width)
         ends = starts + np.array([lay.template.shape[0] for lay in layouts])[which]
         middles = [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-        tails = self._veto_tails[bool(d.calibrated)]
+        mixed = d.calibrated_rows
+        if mixed is None or mixed.all() or not mixed.any():  # one flag for the whole close: the usual case
+            tails, tail_codes = self._veto_tails[bool(d.calibrated)], veto.tolist()
+        else:  # series with and without a table (`core.decision.CalibrationMap`)
+            tails = self._veto_tails[False] + self._veto_tails[True]
+            tail_codes = (veto.astype(np.int64) + len(_VETOES) * mixed).tolist()
         return list(map(b"".join, zip(repeat(_SIGNAL_HEAD), map(self._encode, ids), series,
                                       repeat(time_bytes) if isinstance(time_bytes, bytes) else time_bytes,
                                       map(self._actions.__getitem__, d.action.tolist()), middles, versions,
-                                      map(tails.__getitem__, veto.tolist()))))
+                                      map(tails.__getitem__, tail_codes))))
 
     def _layout(self, code: int, base: int) -> _Layout:
         """The `_Layout` of a layout code (voting sources, strongest rules), cached."""

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import msgspec
 import numpy as np
 
-from core.decision import RULE_FEATURES, SOURCES, Calibration, DecisionEngine, DecisionSettings
+from core.decision import RULE_FEATURES, SOURCES, Calibration, CalibrationMap, DecisionEngine, DecisionSettings
 from core.errors import SchemaError
 from core.portfolio import Portfolio
 from core.risk import RiskSettings, bar_std, size, stops
@@ -87,11 +87,12 @@ class DecisionStage:
         names: the feature layout of the vectors.
         settings: voting settings.
         risk: risk settings (the paper account starts with ``risk.equity_start``).
-        calibration: a fitted confidence table (None: uncalibrated).
+        calibration: a fitted confidence table for every series, or one per series pattern
+            (`core.decision.CalibrationMap`, resolved once per series); None: uncalibrated.
     """
 
     def __init__(self, names: Sequence[str], settings: DecisionSettings | None = None,
-                 risk: RiskSettings | None = None, calibration: Calibration | None = None) -> None:
+                 risk: RiskSettings | None = None, calibration: Calibration | CalibrationMap | None = None) -> None:
         self.names = list(names)
         self.engine = DecisionEngine(self.names, settings, calibration)
         self.risk = risk or RiskSettings()
@@ -115,8 +116,10 @@ class DecisionStage:
         if None in out:
             new = [k for k in dict.fromkeys(keys) if k not in self._rows]
             if new:
-                for k, r in zip(new, self.engine.grow(len(new)).tolist()):
+                grown = self.engine.grow(len(new))
+                for k, r in zip(new, grown.tolist()):
                     self._rows[k] = r
+                self.engine.bind(grown, [(venue, symbol, tf) for tf, venue, symbol in new])
             for i, k in enumerate(keys):
                 if out[i] is None:
                     out[i] = self._series_cache.get(k) or self._series_entry(k)
@@ -306,4 +309,6 @@ class DecisionStage:
         self.engine.restore(engine)
         self.portfolio = Portfolio.from_bytes(portfolio)
         self._rows = {tuple(k): r for k, r in rows}
+        self.engine.bind(np.array(list(self._rows.values()), dtype=np.int64),
+                         [(venue, symbol, tf) for tf, venue, symbol in self._rows])
         self._series_cache = {}

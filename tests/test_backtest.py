@@ -13,7 +13,7 @@ import pytest
 from core.backtest import LocalModels, compare, file_inputs, fit_split, outcomes, reliability, run, _stored_inputs
 from core.cli import main
 from core.config import Config, StoreConfig
-from core.decision import Calibration, DecisionSettings
+from core.decision import Calibration, CalibrationMap, DecisionSettings
 from core.signals import DecisionStage
 from core.store import Store
 from core.schema import Bar, Signal
@@ -21,6 +21,7 @@ from tests._models import head_csv
 from tests.conftest import shared_file
 
 GOOG = "bars/goog_daily_2004-2013.csv"
+EURUSD = "bars/eurusd_1h_2017-2018.csv"
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +205,56 @@ def test_cli_refuses_a_bad_calibration_file_or_holdout(tmp_path, capsys):
     assert main(["backtest", "--bars", str(shared_file(GOOG)), "--no-models", "--fit-calibration",
                  str(tmp_path / "x.json"), "--holdout", "1"]) == 2
     assert "holdout must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_close_of_two_markets_reads_each_its_own_table(tmp_path):
+    """Real GOOG daily and EUR/USD hourly bars decided together, one vector of each per call, with
+    a table per market (each fitted on its own replay): every confidence equals what the market's
+    table gives it alone, and a third series no pattern matches stays uncalibrated, also across a
+    restart from a snapshot."""
+    g, _ = file_inputs(str(shared_file(GOOG)), None)
+    e, _ = file_inputs(str(shared_file(EURUSD)), None)
+    n = min(len(g), len(e))
+    g, e, none = g[:n], e[:n], [{}] * n
+    other = [msgspec.structs.replace(v, symbol="OTHER") for v in g]  # GOOG's bars under a name no pattern has
+    names = g[0].names
+    tables, alone = [], []
+    for vectors in (g, e):
+        cal, _, _ = fit_split(run(vectors, none, DecisionStage(names))[0], holdout=0.5)
+        tables.append(cal)
+        alone.append(run(vectors, none, DecisionStage(names, calibration=cal))[0])
+    plain_other = run(other, none, DecisionStage(names))[0]
+    assert tables[0] != tables[1]
+    cal_map = CalibrationMap({f"{g[0].venue}/{g[0].symbol}/1d": tables[0], "*/*/1h": tables[1]})
+    stage, mixed = DecisionStage(names, calibration=cal_map), []
+    for i in range(n):
+        if i == n // 2:  # a restart: the tables are bound again to the restored series
+            snap = stage.snapshot()
+            stage = DecisionStage(names, calibration=cal_map)
+            stage.restore(snap)
+        mixed.append(stage.decide([g[i], e[i], other[i]], [{}, {}, {}]))
+    for j, want in enumerate([*alone, plain_other]):
+        got = [close[j] for close in mixed]
+        np.testing.assert_array_equal([s.score for s in got], [s.score for s in want])  # NaN: no view yet
+        np.testing.assert_array_equal([s.confidence for s in got], [s.confidence for s in want])
+        assert all(s.calibrated == (j < 2) for s in got)
+    # The two markets' tables give different confidences to the same |S|.
+    assert {round(s.confidence, 9) for s in alone[0]} != {round(s.confidence, 9) for s in alone[1]}
+
+
+def test_cli_backtest_takes_the_configured_table_of_the_replayed_series(tmp_path, capsys):
+    bars = str(shared_file(GOOG))
+    assert main(["backtest", "--bars", bars, "--no-models", "--fit-calibration", str(tmp_path / "goog.json")]) == 0
+    config = tmp_path / "tm.toml"
+    config.write_text(f'[decision]\ncalibrations = {{"*/*/1d" = "{tmp_path / "goog.json"}", '
+                      f'"*/*/1h" = "{tmp_path / "nope.json"}"}}\n')
+    capsys.readouterr()
+    assert main(["--config", str(config), "backtest", "--bars", bars, "--no-models"]) == 2
+    assert "'*/*/1h': calibration file not found" in capsys.readouterr().err  # every file is checked
+    Calibration.load(tmp_path / "goog.json").save(tmp_path / "nope.json")
+    assert main(["--config", str(config), "backtest", "--bars", bars, "--no-models"]) == 0
+    printed = capsys.readouterr()
+    assert "calibration of pattern '*/*/1d'" in printed.err and "confidence calibrated on" in printed.err
+    config.write_text(f'[decision]\ncalibrations = {{"*/*/1h" = "{tmp_path / "goog.json"}"}}\n')
+    assert main(["--config", str(config), "backtest", "--bars", bars, "--no-models"]) == 0
+    assert "no calibration matches, uncalibrated" in capsys.readouterr().err

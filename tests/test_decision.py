@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from core.config import load_config
-from core.decision import (BUY, HOLD, SELL, SOURCES, VETO_REASONS, Calibration, CalibrationProvenance,
-                           DecisionEngine, DecisionSettings)
+from core.decision import (BUY, HOLD, SELL, SOURCES, VETO_REASONS, Calibration, CalibrationMap, CalibrationProvenance,
+                           DecisionEngine, DecisionSettings, calibration_patterns)
 from core.errors import ConfigError, SchemaError
 from core.features.barfile import load_bars
 from core.features.featureset import FeatureSet
@@ -329,3 +329,73 @@ def test_a_bad_calibration_file_is_a_config_error_naming_it(tmp_path, text, matc
     with pytest.raises(ConfigError, match=match) as info:
         Calibration.load(path)
     assert str(path) in str(info.value)
+
+
+def table(rate: float) -> Calibration:
+    """A one-bin table: every |S| reads ``rate``."""
+    return Calibration([0.0, 1.0], [rate], [100])
+
+
+def test_a_series_takes_the_most_specific_matching_table_else_the_fallback_else_none():
+    exact, venue_tf, hourly, fallback = table(0.61), table(0.52), table(0.47), table(0.55)
+    m = CalibrationMap({"*/*/1h": hourly, "binance/*/1m": venue_tf, "binance/BTC-USDT/1m": exact}, fallback)
+    assert m.resolve("binance", "BTC-USDT", "1m") is exact            # 3 literal parts beat 2
+    assert m.resolve("binance", "ETH-USDT", "1m") is venue_tf
+    assert m.resolve("oanda", "EUR-USD", "1h") is hourly
+    assert m.resolve("binance", "BTC-USDT", "1h") is hourly           # the timeframe is a part too
+    assert m.resolve("kraken", "BTC-USDT", "1m") is fallback and m.match("kraken", "BTC-USDT", "1m") is None
+    assert m.resolve("Binance", "BTC-USDT", "1m") is fallback         # literals match exactly, case included
+    assert CalibrationMap({"*/*/1h": hourly}).resolve("binance", "BTC-USDT", "1m") is None  # uncalibrated
+    assert list(m.tables) == ["binance/BTC-USDT/1m", "binance/*/1m", "*/*/1h"]  # most specific first
+    # Overlapping patterns of different specificity are fine; so are equal ones that cannot meet.
+    assert len(calibration_patterns(["*/*/*", "binance/*/*", "*/BTC-USDT/1m", "kraken/ETH-USDT/*", "binance/*/1h"])) == 5
+
+
+@pytest.mark.parametrize("patterns, match", [
+    (["binance/BTC-USDT"], "'binance/BTC-USDT' is not venue/symbol/timeframe"),
+    (["binance/BTC-USDT/1m/x"], "is not venue/symbol/timeframe"),
+    (["binance//1m"], "is not venue/symbol/timeframe"),
+    (["binance/BTC*/1m"], r"'binance/BTC\*/1m' is not"),  # no partial wildcards
+    (["binance/BTC USDT/1m"], "is not venue/symbol/timeframe"),
+    (["binance/*/1m", "*/BTC-USDT/1m"], "'binance/\\*/1m' and '\\*/BTC-USDT/1m' are equally specific and both "
+                                        "match 'binance/BTC-USDT/1m'"),
+    (["*/*/1m", "*/BTC-USDT/*"], "both match '\\*/BTC-USDT/1m'"),
+])
+def test_bad_or_ambiguous_calibration_patterns_are_refused(patterns, match):
+    with pytest.raises(ConfigError, match=match):
+        calibration_patterns(patterns)
+    with pytest.raises(ConfigError, match=match):
+        CalibrationMap(dict.fromkeys(patterns, table(0.5)))
+
+
+def test_each_row_reads_its_series_table_one_call_per_table():
+    """Rows bound to different tables in one step: each confidence is what its table gives alone,
+    and a row whose series no pattern matches keeps 50 + 50|S|, flagged uncalibrated."""
+    low = Calibration([0.0, 0.3, 1.0], [0.45, 0.58], [60, 60])
+    high = Calibration([0.0, 0.5, 1.0], [0.52, 0.71], [60, 60])
+    m = CalibrationMap({"binance/*/1m": low, "*/*/1h": high})
+    f = np.array([row(), row(ema_12=99.0, adx_14=50.0, rsi_14=20.0), row(rsi_14=70.0), row(ema_12=99.0)] * 2)
+    price = np.full(8, 100.0)
+    series = [("binance", "BTC-USDT", "1m"), ("oanda", "EUR-USD", "1h"), ("file", "GOOG", "1d"),
+              ("binance", "ETH-USDT", "1m"), ("oanda", "GBP-USD", "1h"), ("binance", "ADA-BTC", "1m"),
+              ("kraken", "XBT-USDT", "1h"), ("file", "MSFT", "1d")]
+    eng = DecisionEngine(NAMES, calibration=m)
+    rows = eng.grow(8)
+    eng.bind(rows, series)
+    assert [eng.table(r) for r in rows.tolist()] == [low, high, None, low, high, low, high, None]
+    d = eng.step(rows, f, price)
+    s = np.abs(d.score)
+    want = np.array([100 * t(s[i:i + 1])[0] if t is not None else 50 + 50 * s[i]
+                     for i, t in enumerate(eng.table(r) for r in rows.tolist())])
+    np.testing.assert_array_equal(d.confidence, want)
+    np.testing.assert_array_equal(d.calibrated_rows, [True, True, False, True, True, True, True, False])
+    assert not d.calibrated  # not every row
+    # The same rows alone with a single table give the same confidences.
+    for cal, sel in ((low, [0, 3, 5]), (high, [1, 4, 6])):
+        alone = DecisionEngine(NAMES, calibration=cal)
+        np.testing.assert_array_equal(alone.step(alone.grow(3), f[sel], price[sel]).confidence, d.confidence[sel])
+    # A single Calibration is every row's table, bound or not (the single-file form).
+    one = DecisionEngine(NAMES, calibration=low)
+    r = one.grow(2)
+    one.bind(r[:1], series[1:2])
+    assert one.table(0) is low and one.table(1) is low and one.step(r, f[:2], price[:2]).calibrated
