@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "triton_models"))
 
 from core.inference import InferenceClient, Route, Router  # noqa: E402
+from core.models._repo import load_weights  # noqa: E402
 from core.models.data import synthetic_dataset  # noqa: E402
 from core.models.serving import FALLBACKS  # noqa: E402
 from core.triton import DEFAULT_RUNTIME_VENV, PROJECT_ROOT, TritonServer, prepare_runtime  # noqa: E402
@@ -140,10 +141,7 @@ def forward_fn(model: str):
 
     repo = PROJECT_ROOT / "triton_models" / model
     version = max(int(p.parent.name) for p in repo.glob("*/weights.npz"))
-    with np.load(repo / str(version) / "weights.npz", allow_pickle=False) as z:
-        weights = {k: z[k] for k in z.files}
-
-    params = prepare_forecast(weights, np)
+    params = prepare_forecast(load_weights(repo / str(version)), np)
     return lambda batch: forecast_forward(params, batch, np)
 
 

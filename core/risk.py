@@ -468,7 +468,7 @@ def size(action, confidence_pct, price, stop, take_profit, equity: float, drawdo
     k = kelly(p_win, rr)
     ev = expected_value(p_win, rr)
     with np.errstate(divide="ignore", invalid="ignore"):
-        stop_distance = np.abs(px - stop) / px  # fraction of the price lost at the stop
+        stop_distance = loss_distance / px  # fraction of the price lost at the stop
         fraction = np.minimum(np.minimum(s.kelly_fraction * k, s.max_position_fraction),
                               s.max_risk_fraction / stop_distance)
 

@@ -13,6 +13,7 @@ every one is READY.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -121,10 +122,11 @@ def _pytriton_dir(venv: Path) -> Path:
     return d
 
 
+@functools.lru_cache(maxsize=None)
 def _runtime_python(venv: Path) -> tuple[str, str]:
     """(major.minor, the directory of its libpython) of the venv's Python: the stub links that
     libpython, which a Python built outside the system (pyenv, uv, a CUDA image's) keeps off the
-    loader's default path."""
+    loader's default path. Probed once per venv (a subprocess each time otherwise)."""
     probe = "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_config_var('LIBDIR'))"
     out = subprocess.run([str(_venv_python(venv)), "-c", probe], capture_output=True, text=True, check=True).stdout
     version, libdir = out.splitlines()
@@ -139,7 +141,7 @@ def prepare_backend(venv: str | os.PathLike, backend_dir: str | os.PathLike) -> 
     """
     venv, backend_dir = Path(venv), Path(backend_dir)
     triton = _pytriton_dir(venv)
-    py = _runtime_python(venv)[0]
+    py = _runtime_python(venv.resolve())[0]
     stub = triton / "python_backend_stubs" / py / "triton_python_backend_stub"
     if not stub.exists():
         have = sorted(p.name for p in (triton / "python_backend_stubs").iterdir())
@@ -218,7 +220,8 @@ class TritonServer(ServerProcess):
         # stubs (nvidia_pytriton.libs) and libpython through LD_LIBRARY_PATH.
         env["VIRTUAL_ENV"] = str(self.runtime_venv)
         env["PATH"] = f"{self.runtime_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        libs = [str(_site_packages(self.runtime_venv) / "nvidia_pytriton.libs"), _runtime_python(self.runtime_venv)[1]]
+        libs = [str(_site_packages(self.runtime_venv) / "nvidia_pytriton.libs"),
+                _runtime_python(self.runtime_venv.resolve())[1]]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep __pycache__ out of the repository
         return env

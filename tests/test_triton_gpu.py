@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from core.models._repo import load_weights
 from core.models.data import MODEL_FEATURES
 from tests._models import MODELS, recorded_dataset, runtime_module
 
@@ -48,22 +49,17 @@ def windows() -> np.ndarray:
     return np.ascontiguousarray(x[::7])
 
 
-def _weights(model: str, version: int) -> dict[str, np.ndarray]:
-    with np.load(MODELS / model / str(version) / "weights.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def _reference(model: str, x: np.ndarray) -> dict[str, np.ndarray]:
     """The model's highest shipped version run by its own runtime code on NumPy in this process."""
     if model == "anomaly":
         mod = runtime_module("anomaly")
-        return mod.forward(np, mod.AnomalyParams(_weights("anomaly", 1), np), x)
+        return mod.forward(np, mod.AnomalyParams(load_weights(MODELS / "anomaly" / "1"), np), x)
     if model == "forecast":
         mod = runtime_module("nn")
-        return mod.forecast_forward(mod.prepare_forecast(_weights("forecast", 2), np), x, np)
+        return mod.forecast_forward(mod.prepare_forecast(load_weights(MODELS / "forecast" / "2"), np), x, np)
     if model == "regime":
         mod = runtime_module("hmm")
-        return mod.forward(np, mod.HmmParams(_weights("regime", 1), np), x)
+        return mod.forward(np, mod.HmmParams(load_weights(MODELS / "regime" / "1"), np), x)
     raise AssertionError(model)
 
 
@@ -147,7 +143,7 @@ async def test_sentiment_reads_strings_and_scores_on_the_instance(kind, request,
         inp = grpcclient.InferInput("TEXT", list(text.shape), "BYTES")
         inp.set_data_from_numpy(text)
         res = await client.infer("sentiment", [inp], model_version="1")
-    lexicon = runtime_module("text").Lexicon.from_weights(_weights("sentiment", 1))
+    lexicon = runtime_module("text").Lexicon.from_weights(load_weights(MODELS / "sentiment" / "1"))
     want = lexicon.probs(TEXTS, np)
     np.testing.assert_allclose(res.as_numpy("PROBS"), want, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(res.as_numpy("LABEL").ravel(), want.argmax(axis=1))
