@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 from core._process import ServerProcess
@@ -46,11 +47,26 @@ def die_with_parent() -> None:
         pass
 
 
+_GIVEN: deque[int] = deque(maxlen=1024)  # ports this process handed out lately
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago on ``host``, and none that this process was handed
+    lately: the kernel may give a probe the port of the previous probe again, and a server whose
+    ports are picked one after another (tritonserver's HTTP and metrics ports, seen) then gets the
+    same port twice and refuses to start.
+
+    Raises:
+        OSError: no such port came in 100 probes.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.append(port)
+            return port
+    raise OSError(f"no free TCP port on {host} that this process was not handed lately (100 probes)")
 
 
 class NatsServer(ServerProcess):

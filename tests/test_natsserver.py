@@ -3,7 +3,7 @@ import pytest
 
 from core.config import StreamsConfig
 from core.errors import NatsServerError
-from core.natsserver import NatsServer
+from core.natsserver import NatsServer, free_port
 from core.streams import BARS_STREAM, MD_STREAM, ensure
 
 
@@ -33,3 +33,8 @@ async def test_embedded_server_keeps_history_across_restart(tmp_path):
 def test_port_in_use_is_a_clear_error(tmp_path, nats_server):
     with pytest.raises(NatsServerError, match="port"):
         NatsServer(tmp_path / "other", port=nats_server.port).start(ready_timeout_s=3)
+
+
+def test_free_port_never_hands_a_port_out_twice_in_a_row():
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
